@@ -1,0 +1,19 @@
+"""parsl-dragon: a Parsl executor whose blocks run the Dragon HPC runtime.
+
+>>> import parsl
+>>> from parsl_dragon import DragonExecutor
+>>> parsl.load(parsl.Config(executors=[DragonExecutor()]))  # doctest: +SKIP
+"""
+from parsl_dragon.errors import (AuthenticationFailed, ConfigurationError, DragonExecutorError,
+                                 HandshakeTimeout, InsecureKeyPath, ProtocolError, ServerConnectionError,
+                                 ServerLost, ServerStartupError, VersionMismatch, WorkerLost)
+from parsl_dragon.executor import DragonExecutor
+from parsl_dragon.monitoring import DragonRadio
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DragonExecutor", "DragonRadio", "DragonExecutorError", "ConfigurationError", "InsecureKeyPath",
+    "ServerStartupError", "ServerConnectionError", "AuthenticationFailed", "HandshakeTimeout",
+    "VersionMismatch", "ServerLost", "WorkerLost", "ProtocolError",
+]

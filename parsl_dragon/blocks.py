@@ -1,0 +1,89 @@
+"""Block start-up: from "the provider accepted the job" to "a server answers".
+
+A block's server announces itself by writing its connection file. The watcher
+waits for that file (newer than the launch), while checking the provider's job
+state, until the start-up timeout. Failures become :class:`ServerStartupError`
+with the block's log files and their last lines, so the user sees why.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
+from parsl.jobs.states import TERMINAL_STATES, JobStatus
+
+from parsl_dragon.connection import ConnectionInfo, read_connection
+from parsl_dragon.errors import ConfigurationError, ServerStartupError
+
+LOG_NAMES = ("boot.log", "dragon.log", "server.log")
+POLL_SECONDS = 0.1
+STATUS_EVERY_SECONDS = 2.0
+
+
+@dataclass
+class BlockLaunch:
+    """What the executor knows about a block it asked the provider for."""
+
+    block_id: str
+    block_dir: str
+    connection_file: str
+    launched: float
+    job_id: Optional[str] = None
+
+    def log_files(self) -> List[str]:
+        return [os.path.join(self.block_dir, name) for name in LOG_NAMES]
+
+
+def tail(path: str, lines: int = 5) -> str:
+    try:
+        with open(path, errors="replace") as handle:
+            return "".join(handle.readlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def startup_error(launch: BlockLaunch, reason: str) -> ServerStartupError:
+    """A start-up error that names the block, the reason and where to look."""
+    parts = [f"block {launch.block_id} did not start a Dragon server: {reason}.",
+             f"Logs: {', '.join(launch.log_files())}"]
+    for path in launch.log_files():
+        text = tail(path).strip()
+        if text:
+            parts.append(f"--- last lines of {os.path.basename(path)}:\n{text}")
+    return ServerStartupError("\n".join(parts))
+
+
+def _fresh_connection(launch: BlockLaunch) -> Optional[ConnectionInfo]:
+    try:
+        info = read_connection(launch.connection_file)
+    except FileNotFoundError:
+        return None
+    except ConfigurationError:
+        return None  # being replaced right now, or damaged: look again
+    return info if info.created >= launch.launched - 1.0 else None
+
+
+def wait_for_server(launch: BlockLaunch, timeout_s: Optional[float],
+                    job_status: Callable[[], Optional[JobStatus]],
+                    cancelled: Callable[[], bool]) -> ConnectionInfo:
+    """Block until the block's connection file appears; raise ServerStartupError otherwise."""
+    deadline = None if timeout_s is None else launch.launched + timeout_s
+    next_status = time.monotonic() + STATUS_EVERY_SECONDS
+    while not cancelled():
+        info = _fresh_connection(launch)
+        if info is not None:
+            return info
+        if deadline is not None and time.time() > deadline:
+            raise startup_error(launch, f"no server within the start-up timeout of {timeout_s:.0f}s "
+                                        "(startup_timeout_ms / PARSL_DRAGON_STARTUP_TIMEOUT)")
+        if time.monotonic() >= next_status:
+            next_status = time.monotonic() + STATUS_EVERY_SECONDS
+            status = job_status()
+            if status is not None and status.state in TERMINAL_STATES and _fresh_connection(launch) is None:
+                raise startup_error(launch, f"the block's job ended ({status.status_name}"
+                                            f"{': ' + status.message if status.message else ''}) "
+                                            "before its server came up")
+        time.sleep(POLL_SECONDS)
+    raise startup_error(launch, "the executor shut down while waiting")

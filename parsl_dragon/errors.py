@@ -1,0 +1,81 @@
+"""The one error tree of parsl-dragon.
+
+Every error this package raises on purpose derives from Parsl's ``ExecutorError``
+(so Parsl's own handling applies) through :class:`DragonExecutorError`::
+
+    ExecutorError (parsl)
+     └── DragonExecutorError
+          ├── ConfigurationError        bad argument / environment value / launcher
+          │    └── InsecureKeyPath      key directory or secret file too open
+          ├── ServerStartupError        block never produced a live server (says where the log is)
+          ├── ServerConnectionError          cannot talk to a server
+          │    ├── AuthenticationFailed server rejected this client's CURVE key
+          │    ├── HandshakeTimeout     no reply within ``timeout_ms``
+          │    └── VersionMismatch      protocol / Parsl / Python versions differ
+          ├── ServerLost                server stopped answering (retryable: resubmit)
+          ├── WorkerLost                a worker died while running the task
+          └── ProtocolError             malformed or unknown message (also a ValueError)
+
+Foreign exceptions (zmq, dragon, OS) are converted where they cross into this
+package, with ``raise Ours(...) from exc``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from parsl.executors.errors import ExecutorError
+
+
+class DragonExecutorError(ExecutorError):
+    """Base of every parsl-dragon error; carries a plain message."""
+
+    def __init__(self, message: str, executor: Optional[object] = None) -> None:
+        super().__init__(executor, message)  # type: ignore[arg-type]
+        self.message = message
+
+    def __str__(self) -> str:
+        label = getattr(self.executor, "label", None)
+        return f"[{label}] {self.message}" if label else self.message
+
+    def __reduce__(self):  # picklable without the executor (crosses process boundaries)
+        return (type(self), (self.message,))
+
+
+class ConfigurationError(DragonExecutorError):
+    """A configuration value (argument, environment variable, launcher) is invalid."""
+
+
+class InsecureKeyPath(ConfigurationError):
+    """A key directory is not 0700 or a secret key file is not 0600."""
+
+
+class ServerStartupError(DragonExecutorError):
+    """A block did not produce a live Dragon server within the start-up timeout."""
+
+
+class ServerConnectionError(DragonExecutorError):
+    """The client could not establish or keep a session with a server."""
+
+
+class AuthenticationFailed(ServerConnectionError):
+    """The server's ZAP handler refused this client's CURVE public key."""
+
+
+class HandshakeTimeout(ServerConnectionError):
+    """The server did not answer the handshake within ``timeout_ms``."""
+
+
+class VersionMismatch(ServerConnectionError):
+    """Client and server disagree on protocol, Parsl or Python version."""
+
+
+class ServerLost(DragonExecutorError):
+    """The server stopped answering while tasks were outstanding; resubmitting is safe."""
+
+
+class WorkerLost(DragonExecutorError):
+    """The worker process running a task died before returning a result."""
+
+
+class ProtocolError(DragonExecutorError, ValueError):
+    """A frame could not be decoded, or names an unknown version or message type."""

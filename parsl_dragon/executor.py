@@ -1,0 +1,452 @@
+"""DragonExecutor: a Parsl block executor whose blocks are Dragon runtimes with our server inside.
+
+Lifecycle::
+
+    start()      resolve settings (argument > PARSL_DRAGON_* > default), make/check keys,
+                 attach to a live server at server_path, or launch init_blocks blocks
+    block        provider runs `python -m parsl_dragon.server.boot ...`; a watcher thread waits for
+                 the block's connection file and connects (CURVE, versioned handshake)
+    submit()     pack the task (Parsl's pack_apply_message) and route it to the server with the
+                 most free workers, or hold it until a server connects
+    results      the client's result thread resolves futures (results, remote exceptions,
+                 WorkerLost / ServerLost failures) and forwards monitoring records
+    scale_in()   ask the block's server to stop, then let the provider cancel the job
+    shutdown()   stop owned servers, detach from shared ones, cancel leftover jobs; idempotent
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import sys
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
+
+import typeguard
+from parsl.executors.status_handling import BlockProviderExecutor
+from parsl.jobs.states import TERMINAL_STATES, JobState, JobStatus
+from parsl.launchers.base import Launcher
+from parsl.monitoring.radios.base import RadioConfig
+from parsl.providers import LocalProvider
+from parsl.providers.base import ExecutionProvider
+from parsl.serialize import deserialize, pack_apply_message
+from parsl.serialize.errors import DeserializationError
+from parsl.utils import RepresentationMixin
+
+from parsl_dragon import protocol as p
+from parsl_dragon import security
+from parsl_dragon.blocks import BlockLaunch, wait_for_server
+from parsl_dragon.client import DragonClient, ServerLink
+from parsl_dragon.connection import connection_path, read_connection, remove_connection
+from parsl_dragon.errors import (ConfigurationError, DragonExecutorError,
+                                 HandshakeTimeout, ServerLost, ServerStartupError, WorkerLost)
+from parsl_dragon.launchers import check_launcher, default_launcher
+from parsl_dragon.monitoring import DragonRadio
+from parsl_dragon.resources import normalize_spec
+from parsl_dragon.settings import Settings, resolve_settings
+
+logger = logging.getLogger(__name__)
+
+BUFFER_THRESHOLD = 1024 * 1024
+STOP_WAIT_SECONDS = 20.0
+_FAILURES = {"WorkerLost": WorkerLost, "ServerLost": ServerLost}
+
+
+@dataclass
+class _Server:
+    link: ServerLink
+    block_id: Optional[str]
+    tasks: Set[int] = field(default_factory=set)
+
+
+class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
+    """Run Parsl apps on Dragon runtimes started in the provider's blocks.
+
+    Parameters
+    ----------
+    label : str
+        Executor label.
+    provider : ExecutionProvider, optional
+        Where blocks run. Default: ``LocalProvider`` with one block on this machine.
+    workers_per_node : int, optional
+        Persistent Python workers per node. Default: cores - 1 (Dragon's runtime
+        busy-polls and needs a core), at least 1.
+    prefetch_capacity : int
+        Tasks queued on a worker beyond the one it runs (hides the round trip
+        for short tasks; keep 0 for long tasks so none waits behind another).
+    server_path : str, optional
+        Directory of a shared server (``PARSL_DRAGON_SERVER_PATH``): attach to the
+        live server whose connection file is there, else start one that writes it.
+    transport : str, optional
+        ``hsta``, ``tcp`` or ``auto`` (``PARSL_DRAGON_TRANSPORT``, default auto:
+        HSTA where it can start, else tcp).
+    startup_timeout_ms : int, optional
+        Time for a block to produce a live server (``PARSL_DRAGON_STARTUP_TIMEOUT``,
+        default 300000; -1 waits forever).
+    timeout_ms : int, optional
+        Send/receive timeout of requests to a server, e.g. the handshake
+        (``PARSL_DRAGON_TIMEOUT``, default 30000; -1 waits forever).
+    key_path : str, optional
+        CURVE key directory (``PARSL_DRAGON_KEY_PATH``, default ``~/.parsl_dragon/keys``).
+    heartbeat_period, heartbeat_threshold :
+        Leases both ways: a peer silent for period x threshold seconds is lost.
+    address : str, optional
+        Address the server publishes for clients. Default ``127.0.0.1`` for a
+        ``LocalProvider``, else ``auto`` (the node's resolved host address).
+    """
+
+    @typeguard.typechecked
+    def __init__(self, label: str = "dragon", provider: Optional[ExecutionProvider] = None,
+                 workers_per_node: Optional[int] = None, prefetch_capacity: int = 0,
+                 server_path: Optional[str] = None, transport: Optional[str] = None,
+                 startup_timeout_ms: Optional[int] = None, timeout_ms: Optional[int] = None,
+                 key_path: Optional[str] = None, heartbeat_period: Union[int, float] = 5.0,
+                 heartbeat_threshold: int = 3, address: Optional[str] = None, worker_debug: bool = False,
+                 block_error_handler: Union[bool, Callable] = True,
+                 remote_monitoring_radio: Optional[RadioConfig] = None) -> None:
+        if provider is None:
+            provider = LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1, launcher=default_launcher())
+        super().__init__(provider=provider, block_error_handler=block_error_handler)
+        if workers_per_node is not None and workers_per_node < 1:
+            raise ConfigurationError(f"workers_per_node must be >= 1, got {workers_per_node}")
+        if prefetch_capacity < 0:
+            raise ConfigurationError(f"prefetch_capacity must be >= 0, got {prefetch_capacity}")
+        if heartbeat_period <= 0 or heartbeat_threshold < 1:
+            raise ConfigurationError("heartbeat_period must be > 0 and heartbeat_threshold >= 1")
+        self.label = label
+        self.workers_per_node_arg = workers_per_node
+        self.prefetch_capacity = prefetch_capacity
+        self.server_path = server_path
+        self.transport = transport
+        self.startup_timeout_ms = startup_timeout_ms
+        self.timeout_ms = timeout_ms
+        self.key_path = key_path
+        self.heartbeat_period = float(heartbeat_period)
+        self.heartbeat_threshold = heartbeat_threshold
+        self.address = address
+        self.worker_debug = worker_debug
+        self.remote_monitoring_radio = remote_monitoring_radio or DragonRadio()
+        self.settings: Optional[Settings] = None
+        self._client: Optional[DragonClient] = None
+        self._lock = threading.RLock()
+        self._task_counter = 0
+        self._pending: Deque[Tuple[int, Dict[str, Any], bytes]] = deque()
+        self._servers: Dict[str, _Server] = {}
+        self._launches: Dict[str, BlockLaunch] = {}
+        self._watchers: List[threading.Thread] = []
+        self._attached = False
+        self._stopping = False
+        self._started = False
+
+    # RepresentationMixin reads init args by name; workers_per_node is also Parsl's property.
+    @property
+    def workers_per_node(self) -> Union[int, float]:
+        if self.workers_per_node_arg is not None:
+            return self.workers_per_node_arg
+        with self._lock:
+            counts = [s.link.welcome.workers / max(1, len(s.link.welcome.nodes)) for s in self._servers.values()]
+        return max(counts) if counts else max(1, (os.cpu_count() or 2) - 1)
+
+    # ---- start -----------------------------------------------------------
+    def start(self) -> None:
+        """Resolve settings, prepare keys, then attach to a shared server or launch blocks."""
+        self.settings = resolve_settings(
+            server_path=self.server_path, transport=self.transport, startup_timeout_ms=self.startup_timeout_ms,
+            timeout_ms=self.timeout_ms, key_path=self.key_path)
+        if self.provider is not None:
+            check_launcher(getattr(self.provider, "launcher", None))
+        client_keys = security.load_pair(self.settings.key_path, security.CLIENT)
+        security.load_pair(self.settings.key_path, security.SERVER)  # the servers load it in the block
+        os.makedirs(self._executor_dir, exist_ok=True)
+        super().start()
+        self._client = DragonClient(
+            client_keys, timeout_s=self.settings.timeout_s, heartbeat_period=self.heartbeat_period,
+            heartbeat_threshold=self.heartbeat_threshold, on_results=self._on_results,
+            on_monitoring=self._on_monitoring, on_server_lost=self._on_server_lost)
+        self._client.start()
+        self._started = True
+        self._attach_shared_server()  # else Parsl's strategy launches init_blocks on its first pass
+
+    @property
+    def _executor_dir(self) -> str:
+        return os.path.join(self.run_dir, self.label)
+
+    def _attach_shared_server(self) -> bool:
+        """Attach to a live server at ``server_path``; False if there is none (a stale file is removed)."""
+        if self.settings is None or self.settings.server_path is None:
+            return False
+        path = connection_path(self.settings.server_path)
+        try:
+            info = read_connection(path)
+        except FileNotFoundError:
+            return False
+        if info.pid_alive() is False:
+            logger.warning("Removing stale connection file %s (server pid %d is gone)", path, info.pid)
+            remove_connection(path, info.server_id)
+            return False
+        try:
+            link = self._client.connect(info, owner=False)  # type: ignore[union-attr]
+        except HandshakeTimeout as exc:
+            logger.warning("Server named in %s does not answer (%s); starting our own", path, exc)
+            remove_connection(path, info.server_id)
+            return False
+        self._add_server(link, block_id=None)
+        self._attached = True
+        logger.info("Attached to shared server %s via %s", link.server_id, path)
+        return True
+
+    # ---- blocks ----------------------------------------------------------
+    def _get_launch_command(self, block_id: str) -> str:
+        assert self.settings is not None, "start() must run before blocks are launched"
+        block_dir = os.path.join(self._executor_dir, f"block-{block_id}")
+        os.makedirs(block_dir, exist_ok=True)
+        shared = self.settings.server_path is not None and not any(
+            launch.connection_file == connection_path(self.settings.server_path) for launch in self._launches.values())
+        conn_file = connection_path(self.settings.server_path if shared else block_dir)  # type: ignore[arg-type]
+        self._launches[block_id] = BlockLaunch(block_id, block_dir, conn_file, launched=time.time())
+        args = [sys.executable, "-m", "parsl_dragon.server.boot", "--block-dir", block_dir,
+                "--transport", self.settings.transport, "--",
+                "--connection-file", conn_file, "--log-file", os.path.join(block_dir, "server.log"),
+                "--key-dir", self.settings.key_path, "--block-id", block_id,
+                "--host-address", self._host_address(), "--prefetch", str(self.prefetch_capacity),
+                "--heartbeat-period", str(self.heartbeat_period),
+                "--heartbeat-threshold", str(self.heartbeat_threshold),
+                "--idle-timeout", str(self.settings.startup_timeout_s or -1)]
+        if self.workers_per_node_arg is not None:
+            args += ["--workers-per-node", str(self.workers_per_node_arg)]
+        if self.worker_debug:
+            args.append("--debug")
+        return " ".join(_quote(a) for a in args)
+
+    def _host_address(self) -> str:
+        if self.address:
+            return self.address
+        return "127.0.0.1" if isinstance(self.provider, LocalProvider) else "auto"
+
+    def _launch_block(self, block_id: str) -> Any:
+        job_id = super()._launch_block(block_id)
+        launch = self._launches[block_id]
+        launch.job_id = job_id
+        watcher = threading.Thread(target=self._watch_block, args=(launch,), daemon=True,
+                                   name=f"parsl-dragon-block-{block_id}")
+        self._watchers.append(watcher)
+        watcher.start()
+        return job_id
+
+    def _watch_block(self, launch: BlockLaunch) -> None:
+        assert self.settings is not None and self._client is not None
+        try:
+            info = wait_for_server(launch, self.settings.startup_timeout_s, lambda: self._job_status(launch),
+                                   cancelled=lambda: self._stopping)
+            link = self._client.connect(info, owner=True)
+        except DragonExecutorError as exc:
+            if not self._stopping:
+                self._on_block_failed(launch, exc)
+            return
+        except Exception as exc:  # a bug must not leave the block unaccounted for
+            logger.exception("Watcher of block %s failed", launch.block_id)
+            if not self._stopping:
+                self._on_block_failed(launch, ServerStartupError(f"block {launch.block_id}: {exc!r}"))
+            return
+        self._add_server(link, launch.block_id)
+
+    def _job_status(self, launch: BlockLaunch) -> Optional[JobStatus]:
+        if launch.job_id is None or self.provider is None:
+            return None
+        try:
+            return self.provider.status([launch.job_id])[0]
+        except Exception as exc:
+            logger.warning("Could not poll job %s of block %s: %s", launch.job_id, launch.block_id, exc)
+            return None
+
+    def _on_block_failed(self, launch: BlockLaunch, exc: DragonExecutorError) -> None:
+        logger.error("%s", exc)
+        self._simulated_status[launch.block_id] = JobStatus(JobState.FAILED, str(exc))
+        if launch.job_id is not None and self.provider is not None:
+            self.provider.cancel([launch.job_id])  # no half-started server stays behind
+        with self._lock:
+            starting = [b for b, launch_ in self._launches.items()
+                        if b not in self._simulated_status and not self._has_server(b)]
+            hopeless = not self._servers and not starting
+        if hopeless:
+            exc.executor = self
+            self.set_bad_state_and_fail_all(exc)
+
+    def _has_server(self, block_id: str) -> bool:
+        return any(s.block_id == block_id for s in self._servers.values())
+
+    def _add_server(self, link: ServerLink, block_id: Optional[str]) -> None:
+        with self._lock:
+            self._servers[link.server_id] = _Server(link, block_id)
+            pending, self._pending = self._pending, deque()
+            for task_id, spec, payload in pending:
+                self._route(task_id, spec, payload)
+
+    def scale_out_facade(self, n: int) -> List[str]:
+        if self._attached or self._stopping:
+            return []  # a shared server belongs to whoever started it
+        return super().scale_out_facade(n)
+
+    def scale_in(self, blocks: int) -> List[str]:
+        """Stop ``blocks`` blocks, idle ones first: servers are asked to stop, then jobs cancelled."""
+        active = [b for b, s in self._status.items() if s.state not in TERMINAL_STATES]
+        active.sort(key=lambda b: len(self._block_tasks(b)))
+        chosen = active[:blocks]
+        self._stop_blocks(chosen)
+        return chosen
+
+    def _block_tasks(self, block_id: str) -> Set[int]:
+        with self._lock:
+            return set().union(*[s.tasks for s in self._servers.values() if s.block_id == block_id])
+
+    def _stop_blocks(self, block_ids: List[str]) -> None:
+        with self._lock:
+            servers = [s for s in self._servers.values() if s.block_id in block_ids]
+        for server in servers:
+            self._detach(server.link.server_id, p.Shutdown(reason="block scaled in"))
+        job_ids = [self.blocks_to_job_id[b] for b in block_ids if b in self.blocks_to_job_id]
+        self._wait_for_jobs(job_ids, STOP_WAIT_SECONDS if servers else 0.0)
+        if job_ids and self.provider is not None:
+            self.provider.cancel(job_ids)
+
+    def _wait_for_jobs(self, job_ids: List[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while job_ids and self.provider is not None and time.monotonic() < deadline:
+            if all(s.state in TERMINAL_STATES for s in self.provider.status(job_ids)):
+                return
+            time.sleep(0.2)
+
+    # ---- tasks -----------------------------------------------------------
+    def submit(self, func: Callable, resource_specification: Dict[str, Any], *args: Any, **kwargs: Any) -> Future:
+        """Package ``func(*args, **kwargs)`` and send it to a server (or hold it until one connects)."""
+        if self.bad_state_is_set:
+            raise self.executor_exception
+        if not self._started or self._stopping:
+            raise DragonExecutorError("executor is not running (start() not called or shut down)", self)
+        spec = normalize_spec(resource_specification)
+        payload = pack_apply_message(func, args, kwargs, buffer_threshold=BUFFER_THRESHOLD)
+        future: Future = Future()
+        with self._lock:
+            self._task_counter += 1
+            task_id = self._task_counter
+            future.parsl_executor_task_id = task_id  # type: ignore[attr-defined]
+            self._tasks[task_id] = future
+            self._route(task_id, spec, payload)
+        return future
+
+    def _route(self, task_id: int, spec: Dict[str, Any], payload: bytes) -> None:
+        """Send to the server with the lowest load per worker (lock held)."""
+        if not self._servers:
+            self._pending.append((task_id, spec, payload))
+            return
+        server = min(self._servers.values(), key=lambda s: len(s.tasks) / max(1, s.link.welcome.workers))
+        server.tasks.add(task_id)
+        self._client.send_task(server.link.server_id, p.TaskEntry(task_id, spec), payload)  # type: ignore[union-attr]
+
+    def outstanding(self) -> int:
+        return len(self._tasks)
+
+    def _on_results(self, server_id: str, message: p.TaskResults) -> None:
+        with self._lock:
+            server = self._servers.get(server_id)
+            futures = []
+            for result in message.results:
+                if server is not None:
+                    server.tasks.discard(result.task_id)
+                futures.append(self._tasks.pop(result.task_id, None))
+        for future, result, payload in zip(futures, message.results, message.payloads):
+            if future is not None:
+                _resolve(future, result, payload)
+
+    def _on_monitoring(self, message: p.Monitoring) -> None:
+        if self.monitoring_messages is None:
+            return
+        for payload in message.payloads:
+            self.monitoring_messages.put(pickle.loads(payload))
+
+    def _on_server_lost(self, server_id: str, why: str) -> None:
+        with self._lock:
+            server = self._servers.pop(server_id, None)
+            if server is None:
+                return
+            lost = [self._tasks.pop(t) for t in sorted(server.tasks) if t in self._tasks]
+        where = f"server {server_id} on {server.link.welcome.host} (block {server.block_id})"
+        for future in lost:
+            _set_exception(future, ServerLost(f"{where} was lost: {why}; the task may be retried", self))
+        if server.block_id is not None and not self._stopping:
+            self._simulated_status[server.block_id] = JobStatus(JobState.FAILED, f"{where} lost: {why}")
+
+    # ---- shutdown --------------------------------------------------------
+    def _detach(self, server_id: str, message: p.Message) -> None:
+        with self._lock:
+            server = self._servers.pop(server_id, None)
+            lost = [self._tasks.pop(t) for t in sorted(server.tasks) if t in self._tasks] if server else []
+        if server is not None and self._client is not None:
+            self._client.disconnect(server_id, message)
+        for future in lost:
+            _set_exception(future, ServerLost(f"server {server_id} was stopped before the task finished", self))
+
+    def shutdown(self) -> None:
+        """Stop owned servers and their blocks, detach from shared ones. Safe twice and before start."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if not self._started:
+            return
+        with self._lock:
+            servers = list(self._servers.values())
+        for server in servers:
+            self._detach(server.link.server_id, p.Shutdown(reason="executor shutdown") if server.link.owner
+                         else p.Goodbye())
+        job_ids = [j for b, j in self.blocks_to_job_id.items() if self._status.get(b) is None
+                   or self._status[b].state not in TERMINAL_STATES or b in self._simulated_status]
+        self._wait_for_jobs(job_ids, STOP_WAIT_SECONDS)
+        if job_ids and self.provider is not None:
+            self.provider.cancel(job_ids)
+        for watcher in self._watchers:
+            watcher.join(timeout=5)
+        self._client.close()  # type: ignore[union-attr]
+        with self._lock:
+            left = list(self._tasks.values()) + []
+            self._tasks.clear()
+            self._pending.clear()
+        for future in left:
+            _set_exception(future, DragonExecutorError("executor shut down before the task finished", self))
+        logger.info("DragonExecutor %s shut down", self.label)
+
+
+def _quote(arg: str) -> str:
+    import shlex
+    return shlex.quote(arg)
+
+
+def _set_exception(future: Future, exc: BaseException) -> None:
+    try:
+        future.set_exception(exc)
+    except InvalidStateError:
+        pass
+
+
+def _resolve(future: Future, result: p.TaskResult, payload: bytes) -> None:
+    """Turn one TaskResult into the future's outcome, as HTEX does."""
+    try:
+        if result.status == p.OK:
+            future.set_result(deserialize(payload))
+        elif result.status == p.EXCEPTION:
+            wrapper = deserialize(payload)
+            try:
+                wrapper.reraise()
+            except Exception as exc:
+                future.set_exception(exc)
+        else:
+            kind = _FAILURES.get(result.error_type, DragonExecutorError)
+            host = f" on host {result.host}" if result.host else ""
+            future.set_exception(kind(f"{result.error_type}{host}: {result.error}"))
+    except InvalidStateError:
+        pass
+    except Exception as exc:
+        _set_exception(future, DeserializationError(f"result of task could not be deserialized: {exc!r}"))

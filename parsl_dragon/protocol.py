@@ -1,0 +1,249 @@
+"""Typed, versioned messages between executor, server and workers.
+
+Wire format (one ZeroMQ multipart message)::
+
+    frame 0      : 1 byte protocol version | UTF-8 JSON object {"type": "<Name>", <fields>}
+    frame 1..n   : opaque payloads (pickled task buffers / results / monitoring records)
+
+Only payload frames may hold pickled data, and they are only unpickled by Parsl's
+own serializer on the side that owns the task; control fields are JSON and are
+never unpickled. Messages with payloads (``SubmitTasks``, ``TaskResults``,
+``Monitoring``) keep one payload per entry, in entry order.
+
+Decoding rules: a wrong version byte, invalid JSON, a missing ``type``, an unknown
+type, missing required fields or a payload count that does not match raise
+:class:`~parsl_dragon.errors.ProtocolError`. Unknown extra fields are logged and
+ignored, so a newer peer can add fields without breaking an older one.
+
+Client <-> server: ``Hello`` -> ``Welcome`` | ``Refused``; then ``SubmitTasks``,
+``Heartbeat``, ``Goodbye``, ``Shutdown`` from the client; ``TaskResults``,
+``Heartbeat``, ``Monitoring``, ``ErrorReply`` from the server.
+Worker <-> server: ``WorkerReady``, ``TaskResults`` from workers; ``SubmitTasks``,
+``StopWorker`` from the server.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Dict, List, Optional, Type
+
+from parsl_dragon.errors import ProtocolError
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+PYTHON_VERSION = "%d.%d" % sys.version_info[:2]
+MAX_HEADER_BYTES = 64 * 1024 * 1024
+
+# result status values in TaskResult.status
+OK = "ok"              # payload: serialized return value
+EXCEPTION = "exception"  # payload: serialized RemoteExceptionWrapper
+FAILED = "failed"      # no payload; ``error_type`` and ``error`` say why (worker lost, bad spec ...)
+
+
+class Message:
+    """Base of every message; subclasses are dataclasses registered by type name."""
+
+    registry: ClassVar[Dict[str, Type["Message"]]] = {}
+    has_payloads: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        Message.registry[cls.__name__] = cls
+
+
+@dataclass
+class Hello(Message):
+    """Client's first message: who it is and which versions it speaks."""
+
+    client_id: str
+    protocol: int
+    parsl_version: str
+    python_version: str
+    owner: bool = False
+
+
+@dataclass
+class Welcome(Message):
+    """Server accepts the client; describes itself."""
+
+    server_id: str
+    host: str
+    parsl_version: str
+    python_version: str
+    nodes: List[str]
+    workers: int
+
+
+@dataclass
+class Refused(Message):
+    """Server refuses the session (version mismatch, shutting down ...)."""
+
+    reason: str
+
+
+@dataclass
+class TaskEntry:
+    """One task inside ``SubmitTasks``: its id and resource specification."""
+
+    task_id: int
+    spec: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SubmitTasks(Message):
+    """A batch of tasks; ``payloads[i]`` is the packed apply message of ``tasks[i]``."""
+
+    has_payloads: ClassVar[bool] = True
+    tasks: List[TaskEntry]
+    payloads: List[bytes] = field(default_factory=list, repr=False)
+
+
+@dataclass
+class TaskResult:
+    """One outcome inside ``TaskResults``."""
+
+    task_id: int
+    status: str
+    host: str = ""
+    error_type: str = ""
+    error: str = ""
+
+
+@dataclass
+class TaskResults(Message):
+    """A batch of outcomes; ``payloads[i]`` belongs to ``results[i]`` (empty for FAILED)."""
+
+    has_payloads: ClassVar[bool] = True
+    results: List[TaskResult]
+    payloads: List[bytes] = field(default_factory=list, repr=False)
+
+
+@dataclass
+class Monitoring(Message):
+    """Monitoring records from tasks, each payload one pickled Parsl monitoring tuple."""
+
+    has_payloads: ClassVar[bool] = True
+    payloads: List[bytes] = field(default_factory=list, repr=False)
+
+
+@dataclass
+class Heartbeat(Message):
+    """Lease renewal, both directions; the server's carries its load."""
+
+    sent: float
+    workers: int = 0
+    running: int = 0
+    queued: int = 0
+
+
+@dataclass
+class Goodbye(Message):
+    """Client detaches; the server forgets it but keeps running."""
+
+
+@dataclass
+class Shutdown(Message):
+    """Owner asks the server to stop its workers and end the runtime."""
+
+    reason: str = ""
+
+
+@dataclass
+class ErrorReply(Message):
+    """Server tells a client that one of its messages was rejected."""
+
+    reason: str
+
+
+@dataclass
+class WorkerReady(Message):
+    """A worker announces itself (and again after each restart)."""
+
+    worker_id: str
+    host: str
+    pid: int
+    puid: int = 0
+
+
+@dataclass
+class StopWorker(Message):
+    """Server tells a worker to exit after its current task."""
+
+
+_NESTED = {"tasks": TaskEntry, "results": TaskResult}
+
+
+def encode(message: Message) -> List[bytes]:
+    """Turn a message into frames (header + payloads)."""
+    body: Dict[str, Any] = {"type": type(message).__name__}
+    payloads: List[bytes] = []
+    for f in fields(message):  # type: ignore[arg-type]
+        value = getattr(message, f.name)
+        if f.name == "payloads":
+            payloads = value
+        elif f.name in _NESTED:
+            body[f.name] = [item.__dict__ for item in value]
+        else:
+            body[f.name] = value
+    header = bytes([PROTOCOL_VERSION]) + json.dumps(body, separators=(",", ":")).encode()
+    return [header, *payloads]
+
+
+def _build(cls: Type[Any], data: Dict[str, Any], where: str) -> Any:
+    names = {f.name for f in fields(cls)}
+    extra = set(data) - names
+    if extra:
+        logger.warning("Ignoring unknown fields %s in %s", sorted(extra), where)
+    try:
+        return cls(**{k: v for k, v in data.items() if k in names})
+    except TypeError as exc:
+        raise ProtocolError(f"malformed {where}: {exc}") from exc
+
+
+def decode(frames: List[bytes]) -> Message:
+    """Turn frames back into a typed message, or raise :class:`ProtocolError`."""
+    if not frames or not frames[0]:
+        raise ProtocolError("empty message")
+    header = frames[0]
+    if header[0] != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {header[0]} is not supported (this side speaks {PROTOCOL_VERSION})")
+    if len(header) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {len(header)} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        body = json.loads(header[1:])
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"header is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict) or not isinstance(body.get("type"), str):
+        raise ProtocolError("header has no message type")
+    name = body.pop("type")
+    cls = Message.registry.get(name)
+    if cls is None:
+        raise ProtocolError(f"unknown message type {name!r}")
+    for key, item_cls in _NESTED.items():
+        if key in body and cls is not None and key in {f.name for f in fields(cls)}:
+            if not isinstance(body[key], list) or not all(isinstance(i, dict) for i in body[key]):
+                raise ProtocolError(f"{name}.{key} must be a list of objects")
+            body[key] = [_build(item_cls, item, f"{name}.{key}[]") for item in body[key]]
+    message = _build(cls, body, name)
+    if cls.has_payloads:
+        message.payloads = list(frames[1:])
+        entries = getattr(message, "tasks", getattr(message, "results", None))
+        if entries is not None and len(entries) != len(message.payloads):
+            raise ProtocolError(f"{name} has {len(entries)} entries but {len(message.payloads)} payloads")
+    elif len(frames) > 1:
+        raise ProtocolError(f"{name} carries no payloads but {len(frames) - 1} were sent")
+    return message
+
+
+def check_versions(hello: Hello, parsl_version: str, python_version: str) -> Optional[str]:
+    """Why a client cannot be served (None if it can): protocol, Parsl and Python must match."""
+    if hello.protocol != PROTOCOL_VERSION:
+        return f"protocol {hello.protocol} (client) != {PROTOCOL_VERSION} (server)"
+    if hello.parsl_version != parsl_version:
+        return f"Parsl {hello.parsl_version} (client) != {parsl_version} (server)"
+    if hello.python_version != python_version:
+        return f"Python {hello.python_version} (client) != {python_version} (server)"
+    return None

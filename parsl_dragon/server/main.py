@@ -1,0 +1,95 @@
+"""Entry point of the Dragon server: runs as the head process of a block's runtime.
+
+``boot`` starts it as ``dragon ... python -m parsl_dragon.server.main ARGS``.
+It loads the server's CURVE keys and the trusted client keys from the key
+directory, builds the backend and the service, and turns SIGTERM/SIGINT into a
+graceful stop.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import List, Optional
+
+from parsl_dragon import security
+from parsl_dragon.server.service import Server, ServerOptions
+
+logger = logging.getLogger("parsl_dragon.server")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="parsl_dragon.server.main", description=__doc__)
+    parser.add_argument("--connection-file", required=True)
+    parser.add_argument("--log-file", required=True)
+    parser.add_argument("--key-dir", required=True)
+    parser.add_argument("--trust", action="append", default=[], help="extra trusted client public key (z85)")
+    parser.add_argument("--host-address", default="127.0.0.1")
+    parser.add_argument("--workers-per-node", type=int, default=None)
+    parser.add_argument("--prefetch", type=int, default=0)
+    parser.add_argument("--heartbeat-period", type=float, default=5.0)
+    parser.add_argument("--heartbeat-threshold", type=int, default=3)
+    parser.add_argument("--idle-timeout", type=float, default=300.0, help="seconds to wait for the owner; <0: forever")
+    parser.add_argument("--job-id", default=None)
+    parser.add_argument("--block-id", default=None)
+    parser.add_argument("--launcher-pid", type=int, default=None)
+    parser.add_argument("--debug", action="store_true")
+    return parser
+
+
+def setup_logging(path: str, debug: bool) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    logging.basicConfig(
+        filename=path, level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s.%(msecs)03d %(name)s:%(lineno)d %(process)d %(threadName)s %(levelname)s %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S")
+
+
+def resolve_host_address(value: str) -> str:
+    """``auto``: this node's resolved host address (what a driver elsewhere can reach)."""
+    if value != "auto":
+        return value
+    try:
+        return socket.gethostbyname(socket.getfqdn())
+    except OSError:
+        logger.warning("Could not resolve this host's address; publishing 127.0.0.1")
+        return "127.0.0.1"
+
+
+def options_from(args: argparse.Namespace) -> ServerOptions:
+    server_keys = security.load_pair(args.key_dir, security.SERVER, create=False)
+    trusted = [security.load_public(args.key_dir, security.CLIENT)] + [k.encode() for k in args.trust]
+    return ServerOptions(
+        connection_file=os.path.abspath(args.connection_file), log_path=os.path.abspath(args.log_file),
+        server_keys=server_keys, client_keys=trusted, host_address=resolve_host_address(args.host_address),
+        prefetch=args.prefetch,
+        heartbeat_period=args.heartbeat_period, heartbeat_threshold=args.heartbeat_threshold,
+        idle_timeout=None if args.idle_timeout < 0 else args.idle_timeout,
+        job_id=args.job_id, block_id=args.block_id, launcher_pid=args.launcher_pid)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_file, args.debug)
+    logger.info("Dragon server starting: pid %d, argv %s", os.getpid(), sys.argv[1:])
+    try:
+        options = options_from(args)
+        from parsl_dragon.server.backend import DragonBackend
+        server = Server(options, DragonBackend(workers_per_node=args.workers_per_node))
+    except Exception:
+        logger.exception("Server could not be set up")
+        return 2
+
+    def _stop(signum, _frame):
+        server.request_stop(f"signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    return server.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

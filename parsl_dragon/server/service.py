@@ -1,0 +1,394 @@
+"""The Dragon server's service loop: clients in front, workers behind.
+
+Runs as the head process of a block's Dragon runtime, in one thread::
+
+    executors (DEALER, CURVE clients)                workers (DEALER, CURVE)
+          |  Hello / SubmitTasks / Heartbeat / ...         |  WorkerReady / TaskResults / Monitoring
+          v                                                v
+    frontend ROUTER (domain "clients") ---> Server ---> backend ROUTER (domain "workers")
+                                             |  TaskScheduler (pure): which worker gets what
+                                             |  Backend (dragon): start / watch / stop workers
+
+Payloads pass through untouched: the server never unpickles task data. Leases:
+a client silent for ``heartbeat_period * heartbeat_threshold`` is dropped; when
+the owner is dropped (or no owner arrives within ``idle_timeout``) the server
+stops. The connection file is written once both sockets are bound and the
+workers are launching, and removed when the server stops.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import parsl
+import zmq
+
+from parsl_dragon import protocol as p
+from parsl_dragon.connection import ConnectionInfo, remove_connection, write_connection
+from parsl_dragon.errors import ProtocolError
+from parsl_dragon.scheduler import Dispatch, TaskScheduler
+from parsl_dragon.security import KeyPair, ephemeral_pair, make_curve_server
+from parsl_dragon.server.auth import CLIENT_DOMAIN, WORKER_DOMAIN, start_authenticator
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 1 << 30
+
+
+@dataclass
+class ServerOptions:
+    """Everything the server needs, parsed from its command line by ``main``."""
+
+    connection_file: str
+    log_path: str
+    server_keys: KeyPair
+    client_keys: List[bytes]
+    host_address: str = "127.0.0.1"
+    prefetch: int = 0
+    heartbeat_period: float = 5.0
+    heartbeat_threshold: int = 3
+    idle_timeout: Optional[float] = 300.0
+    job_id: Optional[str] = None
+    block_id: Optional[str] = None
+    launcher_pid: Optional[int] = None
+    cwd: str = field(default_factory=os.getcwd)
+
+
+@dataclass
+class _Client:
+    identity: bytes
+    client_id: str
+    owner: bool
+    last_seen: float
+
+
+@dataclass
+class _Task:
+    client: bytes
+    client_task_id: int
+    spec: dict
+    payload: bytes
+
+
+class Server:
+    """One server per block; ``run()`` returns the process exit code."""
+
+    def __init__(self, options: ServerOptions, backend) -> None:
+        self.options = options
+        self.backend = backend
+        self.server_id = uuid.uuid4().hex
+        self.scheduler = TaskScheduler(prefetch=options.prefetch)
+        self.context = zmq.Context()
+        self.worker_keys = ephemeral_pair()
+        self.clients: Dict[bytes, _Client] = {}
+        self.tasks: Dict[int, _Task] = {}
+        self.worker_puids: Dict[str, int] = {}
+        self._next_task = 0
+        self._stopping = ""
+        self._owner_seen = False
+        self._started = time.monotonic()
+        self._authenticator = None
+        self.frontend: Optional[zmq.Socket] = None
+        self.backend_socket: Optional[zmq.Socket] = None
+
+    # ---- lifecycle -----------------------------------------------------
+    def request_stop(self, reason: str) -> None:
+        """Ask the loop to stop (safe from a signal handler)."""
+        if not self._stopping:
+            self._stopping = reason
+
+    def run(self) -> int:
+        try:
+            self._start()
+            self._loop()
+            return 0
+        except Exception:
+            logger.exception("Server failed")
+            return 1
+        finally:
+            self._stop()
+
+    def _bind(self, domain: str, secret: bytes) -> Tuple[zmq.Socket, int]:
+        sock = self.context.socket(zmq.ROUTER)
+        make_curve_server(sock, secret, domain)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        port = sock.bind_to_random_port("tcp://*")
+        return sock, port
+
+    def _start(self) -> None:
+        opts = self.options
+        self._authenticator = start_authenticator(self.context, opts.client_keys, [self.worker_keys.public])
+        self.frontend, front_port = self._bind(CLIENT_DOMAIN, opts.server_keys.secret)
+        self.backend_socket, back_port = self._bind(WORKER_DOMAIN, self.worker_keys.secret)
+        worker_address = f"tcp://{opts.host_address}:{back_port}"
+        count = self.backend.start_workers(worker_address, self._worker_env(worker_address), opts.cwd)
+        logger.info("Launching %d workers on %s; backend at %s", count, self.backend.hostnames(), worker_address)
+        self._write_connection(f"tcp://{opts.host_address}:{front_port}")
+
+    def _worker_env(self, address: str) -> Dict[str, str]:
+        return {
+            "PARSL_DRAGON_WORKER_ADDRESS": address,
+            "PARSL_DRAGON_WORKER_SECRET": self.worker_keys.secret.decode(),
+            "PARSL_DRAGON_WORKER_SERVER_KEY": zmq.curve_public(self.worker_keys.secret).decode(),
+            "PARSL_DRAGON_SERVER_ID": self.server_id,
+        }
+
+    def _write_connection(self, address: str) -> None:
+        opts = self.options
+        info = ConnectionInfo(
+            protocol=p.PROTOCOL_VERSION, address=address,
+            server_public_key=opts.server_keys.public.decode(), host=socket.gethostname(),
+            pid=os.getpid(), launcher_pid=opts.launcher_pid, job_id=opts.job_id,
+            block_id=opts.block_id, server_id=self.server_id, created=time.time(),
+            log_path=opts.log_path)
+        write_connection(opts.connection_file, info)
+        logger.info("Serving clients at %s; connection file %s", address, opts.connection_file)
+
+    def _stop(self) -> None:
+        logger.info("Stopping server: %s", self._stopping or "error")
+        remove_connection(self.options.connection_file, self.server_id)
+        self._goodbye_clients()
+        if self.backend_socket is not None:
+            for worker_id in list(self.scheduler.worker_hosts()):
+                self._send_worker(worker_id, p.StopWorker())
+        try:
+            self.backend.stop(patience=2.0)
+        except Exception:
+            logger.exception("Stopping workers failed")
+        if self._authenticator is not None:
+            self._authenticator.stop()
+        self.context.destroy(linger=0)
+        logger.info("Server stopped")
+
+    def _goodbye_clients(self) -> None:
+        """Fail what is still outstanding so no client waits for a lease to expire."""
+        if self.frontend is None:
+            return
+        outstanding: Dict[bytes, List[int]] = {}
+        for task in self.tasks.values():
+            outstanding.setdefault(task.client, []).append(task.client_task_id)
+        for identity, ids in outstanding.items():
+            self._fail_client_tasks(identity, ids, "ServerLost", f"server stopped: {self._stopping}")
+        for identity in self.clients:
+            self._send_client(identity, p.ErrorReply(reason=f"server stopping: {self._stopping}"))
+        self.tasks.clear()
+
+    # ---- main loop -----------------------------------------------------
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.frontend, zmq.POLLIN)
+        poller.register(self.backend_socket, zmq.POLLIN)
+        next_tick = 0.0
+        while not self._stopping:
+            events = dict(poller.poll(timeout=200))
+            if self.backend_socket in events:
+                self._drain(self.backend_socket, self._on_backend)
+            if self.frontend in events:
+                self._drain(self.frontend, self._on_frontend)
+            now = time.monotonic()
+            if now >= next_tick:
+                self._tick(now)
+                next_tick = now + min(1.0, self.options.heartbeat_period)
+
+    def _drain(self, sock: zmq.Socket, handler, limit: int = 1000) -> None:
+        for _ in range(limit):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            if len(frames) < 2:
+                continue
+            handler(frames[0], frames[1:])
+
+    def _tick(self, now: float) -> None:
+        self._check_leases(now)
+        self._check_workers()
+        for identity in self.clients:
+            self._send_client(identity, p.Heartbeat(sent=time.time(), workers=self.scheduler.workers,
+                                                    running=self.scheduler.running,
+                                                    queued=self.scheduler.queued))
+
+    def _check_leases(self, now: float) -> None:
+        lease = self.options.heartbeat_period * self.options.heartbeat_threshold
+        for client in [c for c in self.clients.values() if now - c.last_seen > lease]:
+            logger.warning("Client %s silent for %.1fs (lease %.1fs): dropping it",
+                           client.client_id, now - client.last_seen, lease)
+            self._drop_client(client.identity)
+            if client.owner:
+                self.request_stop(f"lost the lease of owner {client.client_id}")
+        idle = self.options.idle_timeout
+        if not self._owner_seen and idle is not None and now - self._started > idle:
+            self.request_stop(f"no owner connected within {idle:.0f}s")
+
+    def _check_workers(self) -> None:
+        dead = self.backend.dead_workers()
+        if not dead:
+            return
+        by_puid = {puid: wid for wid, puid in self.worker_puids.items()}
+        for puid, code in dead:
+            worker_id = by_puid.get(puid)
+            if worker_id is not None:
+                self._on_worker_lost(worker_id, f"worker process exited with code {code}")
+
+    # ---- frontend (clients) -------------------------------------------
+    def _on_frontend(self, identity: bytes, frames: List[bytes]) -> None:
+        try:
+            message = p.decode(frames)
+        except ProtocolError as exc:
+            logger.warning("Rejected message from client %r: %s", identity, exc)
+            self._send_client(identity, p.ErrorReply(reason=str(exc)))
+            return
+        client = self.clients.get(identity)
+        if isinstance(message, p.Hello):
+            self._on_hello(identity, message)
+        elif client is None:
+            logger.warning("Message %s from unknown client %r before Hello", type(message).__name__, identity)
+            self._send_client(identity, p.ErrorReply(reason="no session: send Hello first"))
+        else:
+            client.last_seen = time.monotonic()
+            handler = self._client_handlers.get(type(message))
+            if handler is None:
+                self._send_client(identity, p.ErrorReply(reason=f"unexpected {type(message).__name__}"))
+            else:
+                handler(self, client, message)
+
+    def _on_hello(self, identity: bytes, hello: p.Hello) -> None:
+        problem = p.check_versions(hello, parsl.__version__, p.PYTHON_VERSION)
+        if problem:
+            logger.warning("Refusing client %s: %s", hello.client_id, problem)
+            self._send_client(identity, p.Refused(reason=problem))
+            return
+        self.clients[identity] = _Client(identity, hello.client_id, hello.owner, time.monotonic())
+        self._owner_seen = self._owner_seen or hello.owner
+        logger.info("Client %s connected (owner=%s)", hello.client_id, hello.owner)
+        self._send_client(identity, p.Welcome(
+            server_id=self.server_id, host=socket.gethostname(), parsl_version=parsl.__version__,
+            python_version=p.PYTHON_VERSION, nodes=self.backend.hostnames(),
+            workers=self.backend.expected_workers()))
+
+    def _on_submit_tasks(self, client: _Client, message: p.SubmitTasks) -> None:
+        ids = []
+        for entry, payload in zip(message.tasks, message.payloads):
+            self._next_task += 1
+            self.tasks[self._next_task] = _Task(client.identity, entry.task_id, entry.spec, payload)
+            ids.append(self._next_task)
+        self._dispatch(self.scheduler.submit(ids))
+
+    def _on_client_heartbeat(self, client: _Client, message: p.Heartbeat) -> None:
+        pass  # last_seen is already renewed
+
+    def _on_goodbye(self, client: _Client, message: p.Goodbye) -> None:
+        logger.info("Client %s detached", client.client_id)
+        self._drop_client(client.identity)
+
+    def _on_shutdown(self, client: _Client, message: p.Shutdown) -> None:
+        self.request_stop(f"shutdown requested by {client.client_id}: {message.reason}")
+
+    _client_handlers = {
+        p.SubmitTasks: _on_submit_tasks,
+        p.Heartbeat: _on_client_heartbeat,
+        p.Goodbye: _on_goodbye,
+        p.Shutdown: _on_shutdown,
+    }
+
+    def _drop_client(self, identity: bytes) -> None:
+        self.clients.pop(identity, None)
+        mine = {tid for tid, task in self.tasks.items() if task.client == identity}
+        for task_id in self.scheduler.cancel(mine):
+            self.tasks.pop(task_id, None)
+
+    # ---- backend (workers) --------------------------------------------
+    def _on_backend(self, identity: bytes, frames: List[bytes]) -> None:
+        try:
+            message = p.decode(frames)
+        except ProtocolError as exc:
+            logger.warning("Rejected message from worker link %r: %s", identity, exc)
+            return
+        if isinstance(message, p.TaskResults):
+            self._on_task_results(message)
+        elif isinstance(message, p.WorkerReady):
+            self._on_worker_ready(identity, message)
+        elif isinstance(message, p.Monitoring):
+            self._on_monitoring(message)
+        else:
+            logger.warning("Unexpected %s on the worker link", type(message).__name__)
+
+    def _on_worker_ready(self, identity: bytes, message: p.WorkerReady) -> None:
+        worker_id = identity.decode()
+        self.worker_puids[worker_id] = message.puid
+        logger.info("Worker %s ready on %s (pid %d, puid %d)", worker_id, message.host, message.pid, message.puid)
+        lost, dispatches = self.scheduler.add_worker(worker_id, message.host)
+        self._fail_lost(lost, message.host, "worker restarted while running the task")
+        self._dispatch(dispatches)
+
+    def _on_worker_lost(self, worker_id: str, why: str) -> None:
+        host = self.scheduler.worker_hosts().get(worker_id, "?")
+        self.worker_puids.pop(worker_id, None)
+        logger.warning("Worker %s on %s lost: %s", worker_id, host, why)
+        lost, dispatches = self.scheduler.remove_worker(worker_id)
+        self._fail_lost(lost, host, why)
+        self._dispatch(dispatches)
+
+    def _fail_lost(self, lost: List[int], host: str, why: str) -> None:
+        by_client: Dict[bytes, List[int]] = {}
+        for task_id in lost:
+            task = self.tasks.pop(task_id, None)
+            if task is not None:
+                by_client.setdefault(task.client, []).append(task.client_task_id)
+        for identity, ids in by_client.items():
+            self._fail_client_tasks(identity, ids, "WorkerLost", f"worker on host {host} was lost: {why}")
+
+    def _on_task_results(self, message: p.TaskResults) -> None:
+        done = []
+        per_client: Dict[bytes, p.TaskResults] = {}
+        for result, payload in zip(message.results, message.payloads):
+            task = self.tasks.pop(result.task_id, None)
+            done.append(result.task_id)
+            if task is None or task.client not in self.clients:
+                continue  # client gone or duplicate reply: nothing to route
+            batch = per_client.setdefault(task.client, p.TaskResults(results=[]))
+            result.task_id = task.client_task_id
+            batch.results.append(result)
+            batch.payloads.append(payload)
+        for identity, batch in per_client.items():
+            self._send_client(identity, batch)
+        self._dispatch(self.scheduler.complete(done))
+
+    def _on_monitoring(self, message: p.Monitoring) -> None:
+        for client in self.clients.values():
+            if client.owner:
+                self._send_client(client.identity, message)
+
+    # ---- sending ------------------------------------------------------
+    def _dispatch(self, dispatches: List[Dispatch]) -> None:
+        for dispatch in dispatches:
+            entries, payloads = [], []
+            for task_id in dispatch.task_ids:
+                task = self.tasks[task_id]
+                entries.append(p.TaskEntry(task_id=task_id, spec=task.spec))
+                payloads.append(task.payload)
+                task.payload = b""  # the worker has it now; keep memory bounded
+            self._send_worker(dispatch.worker_id, p.SubmitTasks(tasks=entries, payloads=payloads))
+
+    def _fail_client_tasks(self, identity: bytes, ids: List[int], error_type: str, error: str) -> None:
+        results = [p.TaskResult(task_id=i, status=p.FAILED, error_type=error_type, error=error) for i in ids]
+        self._send_client(identity, p.TaskResults(results=results, payloads=[b""] * len(ids)))
+
+    def _send_client(self, identity: bytes, message: p.Message) -> None:
+        try:
+            self.frontend.send_multipart([identity, *p.encode(message)], zmq.NOBLOCK)  # type: ignore[union-attr]
+        except zmq.ZMQError as exc:
+            logger.warning("Could not send %s to client %r: %s", type(message).__name__, identity, exc)
+
+    def _send_worker(self, worker_id: str, message: p.Message) -> None:
+        try:
+            self.backend_socket.send_multipart([worker_id.encode(), *p.encode(message)])  # type: ignore[union-attr]
+        except zmq.ZMQError as exc:
+            logger.warning("Could not send %s to worker %s: %s", type(message).__name__, worker_id, exc)
