@@ -138,6 +138,8 @@ class Server:
             "PARSL_DRAGON_WORKER_SECRET": self.worker_keys.secret.decode(),
             "PARSL_DRAGON_WORKER_SERVER_KEY": zmq.curve_public(self.worker_keys.secret).decode(),
             "PARSL_DRAGON_SERVER_ID": self.server_id,
+            "PARSL_WORKER_BLOCK_ID": self.options.block_id or "",  # Parsl's convention (monitoring)
+            "PARSL_WORKER_POOL_ID": self.server_id,
         }
 
     def _write_connection(self, address: str) -> None:
