@@ -1,0 +1,50 @@
+"""Fixtures shared by the whole parsl-dragon test-suite.
+
+* ``_isolated_key_path`` (autouse, session): points ``PARSL_DRAGON_KEY_PATH`` at a
+  fresh 0700 temporary directory, so no test reads or writes ``~/.parsl_dragon``.
+* ``no_leaks`` (opt-in): fails a test that leaves Dragon/parsl-dragon processes,
+  ``/dev/shm`` Dragon pools or ``/tmp/dragon-*`` behind. Helpers are in ``tests/leaks.py``.
+"""
+
+import os
+import shutil
+import tempfile
+
+import pytest
+
+try:  # tests/ as a package
+    from . import leaks
+except ImportError:  # tests/ as a rootdir-relative conftest directory (pytest's default)
+    import leaks
+
+KEY_PATH_VAR = "PARSL_DRAGON_KEY_PATH"
+LEAK_TIMEOUT = 30.0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_key_path():
+    """A private key directory for the whole session; removed afterwards."""
+    path = tempfile.mkdtemp(prefix="parsl-dragon-keys-")
+    os.chmod(path, 0o700)
+    previous = os.environ.get(KEY_PATH_VAR)
+    os.environ[KEY_PATH_VAR] = path
+    try:
+        yield path
+    finally:
+        if previous is None:
+            os.environ.pop(KEY_PATH_VAR, None)
+        else:
+            os.environ[KEY_PATH_VAR] = previous
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def no_leaks():
+    """Assert the test leaves no new Dragon processes, shm pools or /tmp/dragon-* behind.
+
+    Things that existed before the test are ignored; new ones get up to
+    ``LEAK_TIMEOUT`` seconds to go away before the test errors in teardown."""
+    before = leaks.snapshot()
+    yield before
+    leaked = leaks.wait_for_no_leaks(before, timeout=LEAK_TIMEOUT)
+    assert not leaked, f"left behind after {LEAK_TIMEOUT:.0f}s:\n" + leaks.describe(leaked)
