@@ -38,7 +38,7 @@ def noop():
 
 
 def dragon_config(run_dir: str) -> Config:
-    return Config(executors=[DragonExecutor(label="dragon", prefetch_capacity=8)],
+    return Config(executors=[DragonExecutor(label="dragon", prefetch_capacity=int(os.environ.get("BENCH_PREFETCH", "0")))],
                   run_dir=run_dir, strategy_period=0.1)
 
 

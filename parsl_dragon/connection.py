@@ -6,10 +6,12 @@ mode 0600. Fields::
     {"protocol": 1, "address": "tcp://10.0.0.5:50123", "server_public_key": "<z85>",
      "host": "nid0001", "pid": 4242, "launcher_pid": 4200, "job_id": "1234",
      "block_id": "0", "server_id": "<uuid hex>", "created": 1732435200.0,
-     "log_path": "/.../server.log"}
+     "log_path": "/.../server.log", "block_token": "<uuid hex>"}
 
-``launcher_pid`` is the ``dragon`` launcher process of the runtime the server
-runs in (teardown escalates to it). A file whose server no longer answers is
+``launcher_pid`` is the block's boot process, which owns the runtime (teardown
+escalates to it); every process of the block carries ``block_token`` in its
+environment as ``PARSL_DRAGON_BLOCK_TOKEN``, so teardown can find them even when
+the boot process is gone, and never touches a process without it. A file whose server no longer answers is
 stale; teardown removes it.
 """
 from __future__ import annotations
@@ -41,6 +43,7 @@ class ConnectionInfo:
     server_id: str
     created: float
     log_path: str
+    block_token: Optional[str] = None
 
     def pid_alive(self) -> Optional[bool]:
         """True/False if the server runs on this host and its pid does/doesn't exist; None if unknown."""

@@ -51,6 +51,9 @@ export PYTHONUNBUFFERED=1
 say "parsl $PARSL_VERSION tests in $PARSL_TESTS"
 say "config $CONFIG; scratch dir $WORK"
 cd "$WORK"
+# One Dragon test session at a time on this machine (see tests/integration/conftest.py).
+exec 9>>/tmp/parsl-dragon-integration.lock
+flock 9
 rc=0
 "$PY" -m pytest "$PARSL_TESTS" \
     -k "not cleannet and not unix_filesystem_permissions_required" \

@@ -149,7 +149,7 @@ class Server:
             server_public_key=opts.server_keys.public.decode(), host=socket.gethostname(),
             pid=os.getpid(), launcher_pid=opts.launcher_pid, job_id=opts.job_id,
             block_id=opts.block_id, server_id=self.server_id, created=time.time(),
-            log_path=opts.log_path)
+            log_path=opts.log_path, block_token=os.environ.get("PARSL_DRAGON_BLOCK_TOKEN"))
         write_connection(opts.connection_file, info)
         logger.info("Serving clients at %s; connection file %s", address, opts.connection_file)
 

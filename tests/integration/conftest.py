@@ -3,8 +3,9 @@
 Tests here are marked ``dragon``. Where ``dragonhpc`` is not installed they are
 skipped, except under ``CI=true``, where a missing runtime is an error.
 """
-import os
+import fcntl
 import importlib.util
+import os
 
 import parsl
 import pytest
@@ -26,12 +27,24 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.dragon)
 
 
+LOCK_FILE = "/tmp/parsl-dragon-integration.lock"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _require_dragon():
+    """Need dragonhpc; and hold a machine-wide lock so two integration sessions never
+    overlap (each one's leak checks would see the other's runtimes, and on a small
+    machine two busy-polling runtimes starve each other)."""
     if importlib.util.find_spec("dragon") is None:
         if os.environ.get("CI") == "true":
             pytest.fail("dragonhpc is not installed, and CI=true requires the Dragon integration tests")
         pytest.skip("dragonhpc is not installed")
+    with open(LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def dragon_config(run_dir, **executor_kwargs) -> Config:
