@@ -125,8 +125,9 @@ def kill_leftovers(token: str) -> List[int]:
 
 
 def pool_prefix(pid: int) -> str:
-    """Dragon names a runtime's shm pools D<uid last 3><creator pid last 3>..."""
-    return f"/dev/shm/D{str(os.getuid())[-3:]}{str(pid)[-3:]}"
+    """Shm files of a runtime's pools: Dragon names a pool D<uid last 3><creator pid last 3>...
+    and its shm file gets one more "D" in front (e.g. /dev/shm/DD0194def0M)."""
+    return f"/dev/shm/DD{str(os.getuid())[-3:]}{str(pid)[-3:]}"
 
 
 def remove_pools(launcher_pid: int) -> List[str]:

@@ -37,7 +37,7 @@ from parsl_dragon.server.auth import CLIENT_DOMAIN, WORKER_DOMAIN, start_authent
 
 logger = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 1 << 30
+MAX_MESSAGE_BYTES = 1 << 30  # libzmq drops the peer's connection past this
 
 
 @dataclass
@@ -200,14 +200,19 @@ class Server:
                 next_tick = now + min(1.0, self.options.heartbeat_period)
 
     def _drain(self, sock: zmq.Socket, handler, limit: int = 1000) -> None:
+        """Handle up to ``limit`` messages; one bad message never stops the server."""
         for _ in range(limit):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:
                 return
             if len(frames) < 2:
+                logger.warning("Dropped a message without routing identity or body")
                 continue
-            handler(frames[0], frames[1:])
+            try:
+                handler(frames[0], frames[1:])
+            except Exception:
+                logger.exception("Handler failed on a message from %r; message dropped", frames[0])
 
     def _tick(self, now: float) -> None:
         self._check_leases(now)

@@ -185,16 +185,16 @@ def test_parser():
 
 def test_pool_prefix_format():
     uid3 = str(os.getuid())[-3:]
-    assert boot.pool_prefix(123456) == f"/dev/shm/D{uid3}456"
-    assert boot.pool_prefix(42) == f"/dev/shm/D{uid3}42"
-    assert boot.pool_prefix(1000) == f"/dev/shm/D{uid3}000"
+    assert boot.pool_prefix(123456) == f"/dev/shm/DD{uid3}456"
+    assert boot.pool_prefix(42) == f"/dev/shm/DD{uid3}42"
+    assert boot.pool_prefix(1000) == f"/dev/shm/DD{uid3}000"
 
 
 def test_pool_prefix_matches_dragon_naming():
     facts = pytest.importorskip("dragon.infrastructure.facts")
-    # dragon names pools after the creating process; compare for our own pid
+    # dragon names pools after the creating process; the shm file is "D" + the pool name
     name = facts.runtime_pool_name("inf")
-    assert ("/dev/shm/" + name).startswith(boot.pool_prefix(os.getpid()))
+    assert ("/dev/shm/D" + name).startswith(boot.pool_prefix(os.getpid()))
 
 
 # ---------------------------------------------------------------- leftover processes

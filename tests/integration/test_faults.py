@@ -1,0 +1,63 @@
+"""Fault injection on the real runtime: lost workers, lost servers, lost drivers."""
+import os
+import signal
+import time
+
+import pytest
+from parsl import python_app
+
+from parsl_dragon import ServerLost, WorkerLost
+from parsl_dragon.connection import connection_path, read_connection
+
+
+@python_app
+def write_pid_then_sleep(path, seconds):
+    import os
+    import time
+    with open(path, "w") as handle:
+        handle.write(str(os.getpid()))
+    time.sleep(seconds)
+    return os.getpid()
+
+
+@python_app
+def pid():
+    import os
+    return os.getpid()
+
+
+def _wait_for_file(path, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not (os.path.exists(path) and open(path).read().strip()):
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.1)
+    return int(open(path).read())
+
+
+def test_killed_worker_fails_its_task_and_is_replaced(load_dfk, tmp_path):
+    load_dfk()
+    marker = str(tmp_path / "worker.pid")
+    victim = write_pid_then_sleep(marker, 60)
+    worker_pid = _wait_for_file(marker)
+    os.kill(worker_pid, signal.SIGKILL)
+    with pytest.raises(WorkerLost) as info:
+        victim.result(timeout=30)
+    assert "host" in str(info.value)
+    replacement = pid().result(timeout=60)
+    assert replacement != worker_pid, "a new worker process took over"
+
+
+def test_killed_server_fails_outstanding_tasks_quickly(load_dfk, tmp_path):
+    server_dir = str(tmp_path / "server")
+    load_dfk(server_path=server_dir, heartbeat_period=1.0, heartbeat_threshold=2)
+    marker = str(tmp_path / "worker.pid")
+    victim = write_pid_then_sleep(marker, 120)
+    _wait_for_file(marker)
+    info = read_connection(connection_path(server_dir))
+    started = time.monotonic()
+    os.kill(info.pid, signal.SIGKILL)
+    with pytest.raises(ServerLost):
+        victim.result(timeout=30)
+    detection = time.monotonic() - started
+    print(f"server SIGKILL detected after {detection:.2f}s")
+    assert detection < 2 * 2 * 1.0 + 2.0
