@@ -61,3 +61,51 @@ def test_killed_server_fails_outstanding_tasks_quickly(load_dfk, tmp_path):
     detection = time.monotonic() - started
     print(f"server SIGKILL detected after {detection:.2f}s")
     assert detection < 2 * 2 * 1.0 + 2.0
+
+
+DRIVER = """
+import sys, time, parsl
+from parsl import python_app
+from parsl_dragon import DragonExecutor
+
+@python_app
+def sleepy():
+    import time
+    time.sleep(600)
+
+parsl.load(parsl.Config(executors=[DragonExecutor(server_path=sys.argv[1], workers_per_node=1,
+                                                  heartbeat_period=1.0, heartbeat_threshold=2)],
+                        run_dir=sys.argv[2], strategy_period=0.2))
+future = sleepy()
+print("SUBMITTED", flush=True)
+time.sleep(600)
+"""
+
+
+def test_killed_driver_takes_server_and_runtime_down(no_leaks, tmp_path):
+    import subprocess
+    import sys
+
+    from tests import leaks
+
+    server_dir = tmp_path / "server"
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    driver = subprocess.Popen([sys.executable, str(script), str(server_dir), str(tmp_path / "runinfo")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert driver.stdout.readline().strip() == "SUBMITTED"
+        deadline = time.monotonic() + 120
+        while not (server_dir / "connection.json").exists():
+            assert time.monotonic() < deadline, "server never came up"
+            time.sleep(0.2)
+        info = read_connection(connection_path(str(server_dir)))
+    finally:
+        driver.kill()
+        driver.wait()
+    killed = time.monotonic()
+    leftovers = leaks.wait_for_no_leaks(no_leaks, timeout=30)
+    print(f"driver SIGKILL: everything gone after {time.monotonic() - killed:.1f}s")
+    assert not leftovers, leaks.describe(leftovers)
+    assert not (server_dir / "connection.json").exists()
+    assert "lost the lease" in open(info.log_path).read()
