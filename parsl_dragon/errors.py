@@ -14,14 +14,20 @@ Every error this package raises on purpose derives from Parsl's ``ExecutorError`
           │    └── VersionMismatch      protocol / Parsl / Python versions differ
           ├── ServerLost                server stopped answering (retryable: resubmit)
           ├── WorkerLost                a worker died while running the task
+          ├── RankLaunchError           ranks of an MPI task could not be launched (PMI, timeout)
           └── ProtocolError             malformed or unknown message (also a ValueError)
+
+``RankFailure`` is the exception of an MPI bash app whose ranks failed; it derives from
+Parsl's ``BashExitFailure`` (not from the tree above) so existing handlers keep working.
 
 Foreign exceptions (zmq, dragon, OS) are converted where they cross into this
 package, with ``raise Ours(...) from exc``.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional, Tuple
+
+from parsl.app.errors import BashExitFailure
 
 from parsl.executors.errors import ExecutorError
 
@@ -77,5 +83,30 @@ class WorkerLost(DragonExecutorError):
     """The worker process running a task died before returning a result."""
 
 
+class RankLaunchError(DragonExecutorError):
+    """The ranks of an MPI task could not be started (unusable PMI backend, launch timeout)."""
+
+
 class ProtocolError(DragonExecutorError, ValueError):
     """A frame could not be decoded, or names an unknown version or message type."""
+
+
+class RankFailure(BashExitFailure):
+    """Ranks of an MPI bash app exited with errors; names each failing rank and its code.
+
+    A ``BashExitFailure`` (so ``except BashExitFailure`` keeps working) carrying
+    ``failed`` = [(label, exit code), ...].
+    """
+
+    def __init__(self, app_name: str, exitcode: int, failed: List[Tuple[str, int]], error: str = "") -> None:
+        super().__init__(app_name, exitcode)
+        self.failed = [(str(label), int(code)) for label, code in failed]
+        self.error = error
+
+    def __str__(self) -> str:
+        what = "; ".join([f"{label} exited with {code}" for label, code in self.failed]
+                         + ([f"ranks not launched: {self.error}"] if self.error else []))
+        return f"bash_app {self.app_name} failed with exit code {self.exitcode}: {what}"
+
+    def __reduce__(self):
+        return (type(self), (self.app_name, self.exitcode, self.failed, self.error))

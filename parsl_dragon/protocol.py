@@ -19,7 +19,8 @@ Client <-> server: ``Hello`` -> ``Welcome`` | ``Refused``; then ``SubmitTasks``,
 ``Heartbeat``, ``Goodbye``, ``Shutdown`` from the client; ``TaskResults``,
 ``Heartbeat``, ``Monitoring``, ``ErrorReply`` from the server.
 Worker <-> server: ``WorkerReady``, ``TaskResults`` from workers; ``SubmitTasks``,
-``StopWorker`` from the server.
+``StopWorker`` from the server. Rank launcher (``$PARSL_MPI_PREFIX``) <-> server, over
+the worker link: ``LaunchRanks`` -> ``RanksDone``.
 """
 from __future__ import annotations
 
@@ -75,6 +76,8 @@ class Welcome(Message):
     python_version: str
     nodes: List[str]
     workers: int
+    cores: List[int] = field(default_factory=list)  # per node, aligned with ``nodes``
+    gpus: List[int] = field(default_factory=list)
 
 
 @dataclass
@@ -86,10 +89,12 @@ class Refused(Message):
 
 @dataclass
 class TaskEntry:
-    """One task inside ``SubmitTasks``: its id and resource specification."""
+    """One task inside ``SubmitTasks``: its id, resource specification and, server to
+    worker, where its ranks go (``placement``: hosts, cores, gpus; empty for serial tasks)."""
 
     task_id: int
     spec: Dict[str, Any] = field(default_factory=dict)
+    placement: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -171,6 +176,27 @@ class WorkerReady(Message):
 @dataclass
 class StopWorker(Message):
     """Server tells a worker to exit after its current task."""
+
+
+@dataclass
+class LaunchRanks(Message):
+    """``$PARSL_MPI_PREFIX`` (parsl_dragon.mpirun) asks the server to start a task's ranks."""
+
+    task_id: int
+    argv: List[str]
+    cwd: str
+    env: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RanksDone(Message):
+    """The ranks of a task ended: exit code per rank (or per launcher), and where their output is."""
+
+    task_id: int
+    exit_codes: List[int]
+    labels: List[str]
+    output_dir: str = ""
+    error: str = ""
 
 
 _NESTED = {"tasks": TaskEntry, "results": TaskResult}

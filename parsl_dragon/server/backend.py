@@ -10,8 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import dataclass
+import shlex
+import shutil
+import time
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Set, Tuple
+
+from parsl_dragon.server import pmi
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +28,36 @@ class NodeInfo:
     gpus: int
 
 
+@dataclass
+class RankJob:
+    """One launch of an MPI task's ranks: what to run and where (from the task's placement)."""
+
+    task_id: int
+    argv: List[str]
+    cwd: str
+    env: Dict[str, str]
+    hosts: List[str]
+    ranks_per_node: int
+    pmi: str = "none"
+    cores: List[List[int]] = field(default_factory=list)  # per host: core ids, cpus_per_rank per rank
+    gpus: List[List[int]] = field(default_factory=list)   # per host: gpu ids, gpus_per_rank per rank
+    cpus_per_rank: int = 1
+    gpus_per_rank: int = 0
+    cpu_bind: bool = False
+    launcher_options: str = ""
+    walltime: Optional[float] = None
+    output_dir: str = "."
+
+
+@dataclass
+class RankOutcome:
+    """Exit code per rank (``labels`` name them); ``error`` if nothing could be launched."""
+
+    exit_codes: List[int]
+    labels: List[str]
+    error: str = ""
+
+
 def _import_dragon():
     try:
         from dragon.infrastructure.policy import Policy
@@ -32,6 +67,9 @@ def _import_dragon():
     except ImportError as exc:  # pragma: no cover - the server only runs inside dragon
         raise RuntimeError("the Dragon server needs the 'dragonhpc' package (pip install dragonhpc)") from exc
     return Policy, Node, System, ProcessTemplate, ProcessGroup
+
+
+WALLTIME_EXIT = -2  # Dragon's code for a process stopped at its walltime
 
 
 def default_workers(cpus: int) -> int:
@@ -82,6 +120,10 @@ class DragonBackend:
         self._group = group
         return self._expected
 
+    def run_ranks(self, job: RankJob, on_started=None) -> RankOutcome:
+        """Launch and wait for an MPI task's ranks (called from a per-launch thread)."""
+        return run_ranks(job, on_started)
+
     def dead_workers(self) -> List[Tuple[int, int]]:
         """(puid, exit code) of workers that died since the last call."""
         if self._group is None:
@@ -113,3 +155,99 @@ class DragonBackend:
             group.close(patience=patience)
         except Exception as exc:
             logger.warning("Closing the worker group failed: %s", exc)
+
+
+def run_ranks(job: RankJob, on_started=None) -> RankOutcome:
+    """Start the job's ranks through Dragon and wait for them; call from a dedicated thread.
+
+    ``mpiexec``: one Dragon process on the first host runs the site's mpiexec with our host
+    list. ``none``/``cray``/``pmix``: a ProcessGroup with one member per rank, each pinned to
+    its host (and cores/GPUs when asked). A backend that cannot work here fails at once.
+    """
+    why = pmi.problem(job.pmi, job.env)
+    if why:
+        return RankOutcome([], [], error=why)
+    os.makedirs(job.output_dir, exist_ok=True)
+    started = on_started or (lambda: None)
+    if job.pmi == "mpiexec":
+        return _run_mpiexec(job, started)
+    return _run_group(job, started)
+
+
+def _rank_policy(Policy, job: RankJob, host_index: int, local_rank: int):
+    kwargs = {"placement": Policy.Placement.HOST_NAME, "host_name": job.hosts[host_index]}
+    if job.cpu_bind and host_index < len(job.cores) and job.cores[host_index]:
+        per = job.cpus_per_rank
+        kwargs["cpu_affinity"] = job.cores[host_index][local_rank * per:(local_rank + 1) * per]
+    if job.gpus_per_rank and host_index < len(job.gpus) and job.gpus[host_index]:
+        per = job.gpus_per_rank
+        kwargs["gpu_affinity"] = job.gpus[host_index][local_rank * per:(local_rank + 1) * per]
+    return Policy(**kwargs)
+
+
+def _run_group(job: RankJob, started) -> RankOutcome:
+    Policy, _, _, ProcessTemplate, ProcessGroup = _import_dragon()
+    group = ProcessGroup(restart=False, ignore_error_on_exit=True,
+                         pmi=None if job.pmi == "none" else job.pmi)
+    labels = []
+    for host_index, host in enumerate(job.hosts):
+        for local_rank in range(job.ranks_per_node):
+            rank = len(labels)
+            env = dict(job.env, PARSL_RANK=str(rank), PARSL_LOCAL_RANK=str(local_rank),
+                       PARSL_NODE_RANK=str(host_index))
+            template = ProcessTemplate(
+                target=job.argv[0], args=job.argv[1:], cwd=job.cwd, env=env,
+                stdout=os.path.join(job.output_dir, f"rank-{rank}.out"),
+                stderr=os.path.join(job.output_dir, f"rank-{rank}.err"),
+                policy=_rank_policy(Policy, job, host_index, local_rank))
+            group.add_process(nproc=1, template=template)
+            labels.append(f"rank {rank}")
+    group.init()
+    try:
+        group.start()
+        started()
+        timed_out = _join_group(group, job.walltime)
+        codes = [code for _, code in sorted(group.inactive_puids)]
+    finally:
+        group.close(patience=2.0)
+    if timed_out:
+        codes = [WALLTIME_EXIT if c == 0 else c for c in codes]
+    codes += [WALLTIME_EXIT] * (len(labels) - len(codes))
+    return RankOutcome(codes, labels)
+
+
+def _join_group(group, walltime: Optional[float]) -> bool:
+    """Wait for every rank; stop them at the walltime. True if the walltime was hit."""
+    deadline = None if walltime is None else time.monotonic() + walltime
+    while True:
+        try:
+            group.join(timeout=0.5)
+            return False
+        except TimeoutError:
+            pass
+        if deadline is not None and time.monotonic() > deadline:
+            logger.warning("Ranks exceeded their walltime of %.1fs: stopping them", walltime)
+            group.stop(patience=1.0)
+            return True
+
+
+def _run_mpiexec(job: RankJob, started) -> RankOutcome:
+    Policy, _, _, ProcessTemplate, _ = _import_dragon()
+    from dragon.native.process import Process
+
+    mpiexec = shutil.which("mpiexec", path=job.env.get("PATH")) or "mpiexec"
+    args = ["-n", str(job.ranks_per_node * len(job.hosts)), "-ppn", str(job.ranks_per_node),
+            "-hosts", ",".join(job.hosts), *shlex.split(job.launcher_options), *job.argv]
+    process = Process(target=mpiexec, args=args, cwd=job.cwd, env=job.env,
+                      stdout=os.path.join(job.output_dir, "mpiexec.out"),
+                      stderr=os.path.join(job.output_dir, "mpiexec.err"),
+                      policy=Policy(placement=Policy.Placement.HOST_NAME, host_name=job.hosts[0]))
+    process.start()
+    started()
+    deadline = None if job.walltime is None else time.monotonic() + job.walltime
+    while process.join(timeout=0.5) is None:
+        if deadline is not None and time.monotonic() > deadline:
+            process.kill()
+            process.join(timeout=5)
+            return RankOutcome([WALLTIME_EXIT], ["mpiexec"])
+    return RankOutcome([process.returncode], ["mpiexec"])

@@ -34,6 +34,7 @@ from parsl_dragon.errors import ProtocolError
 from parsl_dragon.scheduler import Dispatch, TaskScheduler
 from parsl_dragon.security import KeyPair, ephemeral_pair, make_curve_server
 from parsl_dragon.server.auth import CLIENT_DOMAIN, WORKER_DOMAIN, start_authenticator
+from parsl_dragon.server.ranks import RankLaunches, job_from
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class ServerOptions:
     client_keys: List[bytes]
     host_address: str = "127.0.0.1"
     prefetch: int = 0
+    default_pmi: str = "mpiexec"
     heartbeat_period: float = 5.0
     heartbeat_threshold: int = 3
     idle_timeout: Optional[float] = 300.0
@@ -73,6 +75,7 @@ class _Task:
     client_task_id: int
     spec: dict
     payload: bytes
+    placement: dict = field(default_factory=dict)
 
 
 class Server:
@@ -88,7 +91,9 @@ class Server:
         self.clients: Dict[bytes, _Client] = {}
         self.tasks: Dict[int, _Task] = {}
         self.worker_puids: Dict[str, int] = {}
+        self.rank_launches = RankLaunches(backend)
         self._next_task = 0
+        self._launch_seq = 0
         self._stopping = ""
         self._owner_seen = False
         self._started = time.monotonic()
@@ -194,6 +199,8 @@ class Server:
                 self._drain(self.backend_socket, self._on_backend)
             if self.frontend in events:
                 self._drain(self.frontend, self._on_frontend)
+            for identity, reply in self.rank_launches.finished():
+                self.backend_socket.send_multipart([identity, *p.encode(reply)])  # type: ignore[union-attr]
             now = time.monotonic()
             if now >= next_tick:
                 self._tick(now)
@@ -278,13 +285,16 @@ class Server:
         self._send_client(identity, p.Welcome(
             server_id=self.server_id, host=socket.gethostname(), parsl_version=parsl.__version__,
             python_version=p.PYTHON_VERSION, nodes=self.backend.hostnames(),
-            workers=self.backend.expected_workers()))
+            workers=self.backend.expected_workers(), cores=[n.cpus for n in self.backend.nodes()],
+            gpus=[n.gpus for n in self.backend.nodes()]))
 
     def _on_submit_tasks(self, client: _Client, message: p.SubmitTasks) -> None:
         ids = []
         for entry, payload in zip(message.tasks, message.payloads):
             self._next_task += 1
-            self.tasks[self._next_task] = _Task(client.identity, entry.task_id, entry.spec, payload)
+            spec = entry.spec if isinstance(entry.spec, dict) else {}
+            self.tasks[self._next_task] = _Task(client.identity, entry.task_id, spec, payload,
+                                                self._placement(spec))
             ids.append(self._next_task)
         self._dispatch(self.scheduler.submit(ids))
 
@@ -324,6 +334,8 @@ class Server:
             self._on_worker_ready(identity, message)
         elif isinstance(message, p.Monitoring):
             self._on_monitoring(message)
+        elif isinstance(message, p.LaunchRanks):
+            self._on_launch_ranks(identity, message)
         else:
             logger.warning("Unexpected %s on the worker link", type(message).__name__)
 
@@ -368,6 +380,26 @@ class Server:
             self._send_client(identity, batch)
         self._dispatch(self.scheduler.complete(done))
 
+    def _placement(self, spec: dict) -> dict:
+        """Hosts for an MPI task's ranks: the first ``num_nodes`` nodes (serial tasks: none)."""
+        if "num_nodes" not in spec:
+            return {}
+        hosts = self.backend.hostnames()[:int(spec["num_nodes"])]
+        return {"hosts": hosts, "cores": [[] for _ in hosts], "gpus": [[] for _ in hosts]}
+
+    def _on_launch_ranks(self, identity: bytes, message: p.LaunchRanks) -> None:
+        task = self.tasks.get(message.task_id)
+        if task is None or not task.placement:
+            reply = p.RanksDone(task_id=message.task_id, exit_codes=[], labels=[],
+                                error=f"no running MPI task {message.task_id} on this server")
+            self.backend_socket.send_multipart([identity, *p.encode(reply)])  # type: ignore[union-attr]
+            return
+        self._launch_seq += 1
+        output_dir = os.path.join(os.path.dirname(self.options.log_path), "ranks",
+                                  f"task-{message.task_id}-{self._launch_seq}")
+        job = job_from(message, task.spec, task.placement, output_dir, self.options.default_pmi)
+        self.rank_launches.start(identity, job, task.client_task_id)
+
     def _on_monitoring(self, message: p.Monitoring) -> None:
         for client in self.clients.values():
             if client.owner:
@@ -379,7 +411,7 @@ class Server:
             entries, payloads = [], []
             for task_id in dispatch.task_ids:
                 task = self.tasks[task_id]
-                entries.append(p.TaskEntry(task_id=task_id, spec=task.spec))
+                entries.append(p.TaskEntry(task_id=task_id, spec=task.spec, placement=task.placement))
                 payloads.append(task.payload)
                 task.payload = b""  # the worker has it now; keep memory bounded
             self._send_worker(dispatch.worker_id, p.SubmitTasks(tasks=entries, payloads=payloads))

@@ -17,11 +17,13 @@ import signal
 import sys
 import time
 from collections import deque
-from typing import Deque, List, Tuple
+from typing import Deque, List, Optional, Tuple
 
 import zmq
 
 from parsl_dragon import protocol as p
+from parsl_dragon.errors import RankFailure
+from parsl_dragon.mpi_env import mpi_task, read_report
 from parsl_dragon.security import make_curve_client
 
 logger = logging.getLogger("parsl_dragon.server.worker")
@@ -30,18 +32,37 @@ FLUSH_COUNT = 64
 FLUSH_SECONDS = 0.02
 
 
-def run_task(payload: bytes) -> Tuple[str, bytes, str]:
+def _with_rank_failure(wrapper, report: Optional[str]):
+    """An MPI bash app's failure (a RemoteExceptionWrapper around BashExitFailure, as Parsl's
+    bash wrapper returns it) becomes a RankFailure naming the ranks the launcher recorded."""
+    from parsl.app.errors import BashExitFailure, RemoteExceptionWrapper
+
+    if report is None or not isinstance(wrapper, RemoteExceptionWrapper) \
+            or not issubclass(wrapper.e_type, BashExitFailure):
+        return wrapper
+    failed, error = read_report(report)
+    if not failed and not error:
+        return wrapper
+    original = wrapper.e_value
+    enriched = RemoteExceptionWrapper(RankFailure, RankFailure(original.app_name, original.exitcode, failed, error),
+                                      None)
+    enriched.e_traceback = wrapper.e_traceback
+    return enriched
+
+
+def run_task(payload: bytes, report: Optional[str] = None) -> Tuple[str, bytes, str]:
     """Execute one packed Parsl task; return (status, serialized outcome, error text)."""
     from parsl.app.errors import RemoteExceptionWrapper
     from parsl.executors.execute_task import execute_task
     from parsl.serialize import serialize
 
     try:
-        result = execute_task(payload)
+        result = _with_rank_failure(execute_task(payload), report)
         return p.OK, serialize(result, buffer_threshold=1_000_000), ""
     except (Exception, SystemExit):
         try:
-            return p.EXCEPTION, serialize(RemoteExceptionWrapper(*sys.exc_info())), ""
+            wrapper = _with_rank_failure(RemoteExceptionWrapper(*sys.exc_info()), report)
+            return p.EXCEPTION, serialize(wrapper), ""
         except Exception as exc:  # the exception itself could not be serialized
             return p.FAILED, b"", f"task raised an exception that could not be serialized: {exc!r}"
 
@@ -95,7 +116,11 @@ class Worker:
 
     def _run_one(self) -> None:
         entry, payload = self.queue.popleft()
-        status, outcome, error = run_task(payload)
+        if entry.placement:
+            with mpi_task(entry.task_id, entry.spec, entry.placement) as report:
+                status, outcome, error = run_task(payload, report)
+        else:
+            status, outcome, error = run_task(payload)
         self.results.append(p.TaskResult(task_id=entry.task_id, status=status, host=self.host,
                                          error_type="SerializationError" if error else "", error=error))
         self.payloads.append(outcome)

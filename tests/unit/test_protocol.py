@@ -33,7 +33,8 @@ def _samples():
                              python_version="3.11", nodes=["nid0001", "nid0002"], workers=256),
         "Refused": p.Refused(reason="Parsl 1 (client) != 2 (server)"),
         "SubmitTasks": p.SubmitTasks(
-            tasks=[p.TaskEntry(task_id=7, spec={"num_nodes": 1, "ranks_per_node": 4}),
+            tasks=[p.TaskEntry(task_id=7, spec={"num_nodes": 1, "ranks_per_node": 4},
+                               placement={"hosts": ["nid0001"], "cores": [[0, 1, 2, 3]], "gpus": [[]]}),
                    p.TaskEntry(task_id=8)],
             payloads=[pickle.dumps(("f", (1,), {})), b"\x00\x01binary\xff"]),
         "TaskResults": p.TaskResults(
@@ -49,6 +50,10 @@ def _samples():
         "ErrorReply": p.ErrorReply(reason="SubmitTasks has 2 entries but 1 payloads"),
         "WorkerReady": p.WorkerReady(worker_id="w-3", host="nid0002", pid=4242, puid=17),
         "StopWorker": p.StopWorker(),
+        "LaunchRanks": p.LaunchRanks(task_id=12, argv=["./sim", "--step", "1"], cwd="/scratch/run",
+                                     env={"OMP_NUM_THREADS": "4"}),
+        "RanksDone": p.RanksDone(task_id=12, exit_codes=[0, 3], labels=["rank 0", "rank 1"],
+                                 output_dir="/scratch/run/ranks-12", error=""),
     }
 
 

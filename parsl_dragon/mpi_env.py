@@ -1,0 +1,76 @@
+"""The environment an MPI task sees, HTEX-compatible, and what ``$PARSL_MPI_PREFIX`` runs.
+
+For a task with a placement the worker exports, for the duration of the task::
+
+    PARSL_NUM_NODES, PARSL_RANKS_PER_NODE, PARSL_NUM_RANKS   as in HTEX's MPI mode
+    PARSL_MPI_NODELIST        comma-separated hosts of the task's ranks
+    PARSL_MPI_PREFIX          "<python> -m parsl_dragon.mpirun": runs the rest of the command
+                              line as the task's ranks, launched by Dragon
+    PARSL_DRAGON_TASK         the server's id of the task (used by parsl_dragon.mpirun)
+    PARSL_DRAGON_RANK_REPORT  file where parsl_dragon.mpirun records failing ranks
+
+Each rank additionally gets ``PARSL_RANK``, ``PARSL_LOCAL_RANK`` and ``PARSL_NODE_RANK``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import sys
+import tempfile
+from typing import Any, Dict, Iterator, List, Tuple
+
+REPORT_VAR = "PARSL_DRAGON_RANK_REPORT"
+TASK_VAR = "PARSL_DRAGON_TASK"
+
+
+def task_environment(task_id: int, spec: Dict[str, Any], placement: Dict[str, Any], report: str) -> Dict[str, str]:
+    hosts: List[str] = list(placement.get("hosts", []))
+    ranks_per_node = int(spec.get("ranks_per_node", 1))
+    return {
+        "PARSL_NUM_NODES": str(len(hosts)),
+        "PARSL_RANKS_PER_NODE": str(ranks_per_node),
+        "PARSL_NUM_RANKS": str(int(spec.get("num_ranks", ranks_per_node * len(hosts)))),
+        "PARSL_MPI_NODELIST": ",".join(hosts),
+        "PARSL_MPI_PREFIX": f"{shlex.quote(sys.executable)} -m parsl_dragon.mpirun",
+        TASK_VAR: str(task_id),
+        REPORT_VAR: report,
+    }
+
+
+@contextlib.contextmanager
+def mpi_task(task_id: int, spec: Dict[str, Any], placement: Dict[str, Any]) -> Iterator[str]:
+    """Export the MPI variables while the task runs; yields the rank report path."""
+    fd, report = tempfile.mkstemp(prefix=f"parsl-dragon-ranks-{task_id}-", suffix=".json")
+    os.close(fd)
+    saved = dict(os.environ)
+    os.environ.update(task_environment(task_id, spec, placement, report))
+    try:
+        yield report
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        with contextlib.suppress(OSError):
+            os.unlink(report)
+
+
+def write_report(path: str, failed: List[Tuple[str, int]], error: str = "") -> None:
+    with open(path, "w") as handle:
+        json.dump({"failed": failed, "error": error}, handle)
+
+
+def read_report(path: str) -> Tuple[List[Tuple[str, int]], str]:
+    """Failing ranks and launch error recorded by the last launch; the file is removed."""
+    try:
+        with open(path) as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        data = {}
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    if not isinstance(data, dict):
+        return [], ""
+    failed = [(str(label), int(code)) for label, code in data.get("failed") or []]
+    return failed, str(data.get("error") or "")

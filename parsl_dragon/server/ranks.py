@@ -1,0 +1,114 @@
+"""Rank launches of MPI tasks: one thread per launch, results handed back to the service loop.
+
+``$PARSL_MPI_PREFIX`` (``parsl_dragon.mpirun``) sends ``LaunchRanks`` over the worker
+link; the service turns it into a :class:`~parsl_dragon.server.backend.RankJob` from the
+task's placement and calls :meth:`RankLaunches.start`. Each launch runs the backend's
+``run_ranks`` in its own thread (a Dragon ProcessGroup object stays in the thread that
+made it). The service loop calls :meth:`RankLaunches.finished` every pass and replies
+``RanksDone``. A launch that has not started its ranks within ``start_timeout`` seconds
+(e.g. a PMI wire-up that hangs) is answered with an error and abandoned, so no task can
+wedge the server.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+from parsl_dragon import protocol as p
+from parsl_dragon.server.backend import RankJob, RankOutcome  # dataclasses; dragon is imported lazily
+
+logger = logging.getLogger(__name__)
+
+START_TIMEOUT_SECONDS = 60.0
+
+
+@dataclass
+class _Launch:
+    key: int
+    identity: bytes
+    task_id: int
+    client_task_id: int
+    begun: float
+    started: bool = False
+    answered: bool = False
+
+
+class RankLaunches:
+    """In-flight launches and their replies."""
+
+    def __init__(self, backend, start_timeout: float = START_TIMEOUT_SECONDS) -> None:
+        self.backend = backend
+        self.start_timeout = start_timeout
+        self._launches: Dict[int, _Launch] = {}
+        self._done: "queue.Queue[Tuple[int, object]]" = queue.Queue()
+        self._next = 0
+
+    def start(self, identity: bytes, job, client_task_id: int) -> None:
+        self._next += 1
+        launch = _Launch(self._next, identity, job.task_id, client_task_id, time.monotonic())
+        self._launches[launch.key] = launch
+        logger.info("Launching ranks of task %d (client task %d): %s on %s, pmi=%s", job.task_id,
+                    client_task_id, job.argv, job.hosts, job.pmi)
+        threading.Thread(target=self._run, args=(launch, job), daemon=True,
+                         name=f"ranks-{job.task_id}-{launch.key}").start()
+
+    def _run(self, launch: _Launch, job) -> None:
+        def on_started() -> None:
+            launch.started = True
+        try:
+            outcome = self.backend.run_ranks(job, on_started)
+        except Exception as exc:  # anything from Dragon: report, never kill the server
+            logger.exception("Launch of task %d's ranks failed", job.task_id)
+            outcome = RankOutcome([], [], error=f"launching the ranks failed: {exc!r}")
+        self._done.put((launch.key, (outcome, job.output_dir)))
+
+    def finished(self) -> List[Tuple[bytes, p.RanksDone]]:
+        """Replies to send now: completed launches, and launches that never started."""
+        replies = []
+        while True:
+            try:
+                key, (outcome, output_dir) = self._done.get_nowait()
+            except queue.Empty:
+                break
+            launch = self._launches.pop(key, None)
+            if launch is not None and not launch.answered:
+                replies.append((launch.identity, p.RanksDone(
+                    task_id=launch.task_id, exit_codes=list(outcome.exit_codes), labels=list(outcome.labels),
+                    output_dir=output_dir, error=outcome.error)))
+        replies.extend(self._overdue())
+        return replies
+
+    def _overdue(self) -> List[Tuple[bytes, p.RanksDone]]:
+        now = time.monotonic()
+        replies = []
+        for launch in self._launches.values():
+            if not launch.started and not launch.answered and now - launch.begun > self.start_timeout:
+                launch.answered = True
+                logger.error("Ranks of task %d did not start within %.0fs; abandoning the launch",
+                             launch.task_id, self.start_timeout)
+                replies.append((launch.identity, p.RanksDone(
+                    task_id=launch.task_id, exit_codes=[], labels=[],
+                    error=f"the ranks did not start within {self.start_timeout:.0f}s (PMI wire-up hung?); "
+                          "the launch was abandoned")))
+        return replies
+
+    def running(self) -> int:
+        return sum(1 for launch in self._launches.values() if not launch.answered)
+
+
+def job_from(message: p.LaunchRanks, spec: Dict, placement: Dict, output_dir: str,
+             default_pmi: str = "none"):
+    """The RankJob for a LaunchRanks request of a task with this spec and placement."""
+    walltime: Optional[float] = spec.get("walltime")
+    return RankJob(
+        task_id=message.task_id, argv=list(message.argv), cwd=message.cwd, env=dict(message.env),
+        hosts=list(placement.get("hosts", [])), ranks_per_node=int(spec.get("ranks_per_node", 1)),
+        pmi=str(spec.get("pmi", default_pmi)), cores=placement.get("cores", []),
+        gpus=placement.get("gpus", []), cpus_per_rank=int(spec.get("cpus_per_rank", 1)),
+        gpus_per_rank=int(spec.get("gpus_per_rank", 0)), cpu_bind=bool(spec.get("cpu_bind", False)),
+        launcher_options=str(spec.get("launcher_options", "")),
+        walltime=float(walltime) if walltime else None, output_dir=output_dir)
