@@ -5,7 +5,8 @@
 >>> parsl.load(parsl.Config(executors=[DragonExecutor()]))  # doctest: +SKIP
 """
 from parsl_dragon.errors import (AuthenticationFailed, ConfigurationError, DragonExecutorError,
-                                 HandshakeTimeout, InsecureKeyPath, ProtocolError, ServerConnectionError,
+                                 HandshakeTimeout, InsecureKeyPath, ProtocolError, RankFailure, RankLaunchError,
+                                 ServerConnectionError,
                                  ServerLost, ServerStartupError, VersionMismatch, WorkerLost)
 from parsl_dragon.executor import DragonExecutor
 from parsl_dragon.monitoring import DragonRadio
@@ -15,5 +16,5 @@ __version__ = "0.1.0"
 __all__ = [
     "DragonExecutor", "DragonRadio", "DragonExecutorError", "ConfigurationError", "InsecureKeyPath",
     "ServerStartupError", "ServerConnectionError", "AuthenticationFailed", "HandshakeTimeout",
-    "VersionMismatch", "ServerLost", "WorkerLost", "ProtocolError",
+    "VersionMismatch", "ServerLost", "WorkerLost", "ProtocolError", "RankFailure", "RankLaunchError",
 ]

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
 
 import typeguard
+from parsl.executors.errors import InvalidResourceSpecification
 from parsl.executors.status_handling import BlockProviderExecutor
 from parsl.jobs.states import TERMINAL_STATES, JobState, JobStatus
 from parsl.launchers.base import Launcher
@@ -46,7 +47,8 @@ from parsl_dragon.errors import (ConfigurationError, DragonExecutorError,
                                  HandshakeTimeout, ServerLost, ServerStartupError, WorkerLost)
 from parsl_dragon.launchers import check_launcher, default_launcher
 from parsl_dragon.monitoring import DragonRadio
-from parsl_dragon.resources import normalize_spec
+from parsl_dragon.placement import NodeSlots
+from parsl_dragon.resources import PMI_BACKENDS, check_fits, normalize_spec
 from parsl_dragon.settings import Settings, resolve_settings
 
 logger = logging.getLogger(__name__)
@@ -54,6 +56,12 @@ logger = logging.getLogger(__name__)
 BUFFER_THRESHOLD = 1024 * 1024
 STOP_WAIT_SECONDS = 20.0
 _FAILURES = {"WorkerLost": WorkerLost, "ServerLost": ServerLost}
+
+
+def _failure(error_type: str, message: str) -> BaseException:
+    if error_type == "InvalidResourceSpecification":
+        return InvalidResourceSpecification(set(), message)
+    return _FAILURES.get(error_type, DragonExecutorError)(message)
 
 
 @dataclass
@@ -75,9 +83,14 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
     workers_per_node : int, optional
         Persistent Python workers per node. Default: cores - 1 (Dragon's runtime
         busy-polls and needs a core), at least 1.
-    prefetch_capacity : int
-        Tasks queued on a worker beyond the one it runs (hides the round trip
-        for short tasks; keep 0 for long tasks so none waits behind another).
+    cores_per_node : int, optional
+        Cores per node in the server's slot table (default: what Dragon reports).
+        Serial tasks take one core (``cpus_per_rank``), MPI tasks
+        ``ranks_per_node x cpus_per_rank`` on each of their nodes.
+    pmi : str
+        Default PMI backend of MPI tasks: ``mpiexec`` (the site's mpiexec, started as
+        one Dragon process on the task's first node), ``cray`` (Cray PMI / PALS),
+        ``pmix`` or ``none`` (ranks without wire-up). A task's ``pmi`` key overrides it.
     server_path : str, optional
         Directory of a shared server (``PARSL_DRAGON_SERVER_PATH``): attach to the
         live server whose connection file is there, else start one that writes it.
@@ -101,7 +114,8 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
 
     @typeguard.typechecked
     def __init__(self, label: str = "dragon", provider: Optional[ExecutionProvider] = None,
-                 workers_per_node: Optional[int] = None, prefetch_capacity: int = 0,
+                 workers_per_node: Optional[int] = None, cores_per_node: Optional[int] = None,
+                 pmi: str = "mpiexec",
                  server_path: Optional[str] = None, transport: Optional[str] = None,
                  startup_timeout_ms: Optional[int] = None, timeout_ms: Optional[int] = None,
                  key_path: Optional[str] = None, heartbeat_period: Union[int, float] = 5.0,
@@ -113,13 +127,16 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         super().__init__(provider=provider, block_error_handler=block_error_handler)
         if workers_per_node is not None and workers_per_node < 1:
             raise ConfigurationError(f"workers_per_node must be >= 1, got {workers_per_node}")
-        if prefetch_capacity < 0:
-            raise ConfigurationError(f"prefetch_capacity must be >= 0, got {prefetch_capacity}")
+        if cores_per_node is not None and cores_per_node < 1:
+            raise ConfigurationError(f"cores_per_node must be >= 1, got {cores_per_node}")
+        if pmi not in PMI_BACKENDS:
+            raise ConfigurationError(f"pmi must be one of {', '.join(PMI_BACKENDS)}, got {pmi!r}")
         if heartbeat_period <= 0 or heartbeat_threshold < 1:
             raise ConfigurationError("heartbeat_period must be > 0 and heartbeat_threshold >= 1")
         self.label = label
         self.workers_per_node_arg = workers_per_node
-        self.prefetch_capacity = prefetch_capacity
+        self.cores_per_node = cores_per_node
+        self.pmi = pmi
         self.server_path = server_path
         self.transport = transport
         self.startup_timeout_ms = startup_timeout_ms
@@ -212,12 +229,14 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
                 "--transport", self.settings.transport, "--",
                 "--connection-file", conn_file, "--log-file", os.path.join(block_dir, "server.log"),
                 "--key-dir", self.settings.key_path, "--block-id", block_id,
-                "--host-address", self._host_address(), "--prefetch", str(self.prefetch_capacity),
+                "--host-address", self._host_address(), "--default-pmi", self.pmi,
                 "--heartbeat-period", str(self.heartbeat_period),
                 "--heartbeat-threshold", str(self.heartbeat_threshold),
                 "--idle-timeout", str(self.settings.startup_timeout_s or -1)]
         if self.workers_per_node_arg is not None:
             args += ["--workers-per-node", str(self.workers_per_node_arg)]
+        if self.cores_per_node is not None:
+            args += ["--cores-per-node", str(self.cores_per_node)]
         if self.worker_debug:
             args.append("--debug")
         return " ".join(_quote(a) for a in args)
@@ -327,7 +346,9 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
             raise self.executor_exception
         if not self._started or self._stopping:
             raise DragonExecutorError("executor is not running (start() not called or shut down)", self)
-        spec = normalize_spec(resource_specification)
+        spec = normalize_spec(resource_specification, default_pmi=self.pmi)
+        with self._lock:
+            self._fitting_servers(spec)  # a request larger than every block fails here, at submit
         payload = pack_apply_message(func, args, kwargs, buffer_threshold=BUFFER_THRESHOLD)
         future: Future = Future()
         with self._lock:
@@ -338,12 +359,29 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
             self._route(task_id, spec, payload)
         return future
 
+    def _fitting_servers(self, spec: Dict[str, Any]) -> List[_Server]:
+        """Connected servers whose nodes can hold the task; InvalidResourceSpecification if none can."""
+        servers = list(self._servers.values())
+        fitting, error = [], None
+        for server in servers:
+            welcome = server.link.welcome
+            nodes = [NodeSlots(h, c, g) for h, c, g in zip(welcome.nodes, welcome.cores, welcome.gpus)]
+            try:
+                check_fits(spec, nodes)
+                fitting.append(server)
+            except InvalidResourceSpecification as exc:
+                error = exc
+        if servers and not fitting and error is not None:
+            raise error
+        return fitting
+
     def _route(self, task_id: int, spec: Dict[str, Any], payload: bytes) -> None:
-        """Send to the server with the lowest load per worker (lock held)."""
-        if not self._servers:
+        """Send to the fitting server with the lowest load per worker (lock held)."""
+        candidates = self._fitting_servers(spec) if self._servers else []
+        if not candidates:
             self._pending.append((task_id, spec, payload))
             return
-        server = min(self._servers.values(), key=lambda s: len(s.tasks) / max(1, s.link.welcome.workers))
+        server = min(candidates, key=lambda s: len(s.tasks) / max(1, s.link.welcome.workers))
         server.tasks.add(task_id)
         self._client.send_task(server.link.server_id, p.TaskEntry(task_id, spec), payload)  # type: ignore[union-attr]
 
@@ -443,9 +481,8 @@ def _resolve(future: Future, result: p.TaskResult, payload: bytes) -> None:
             except Exception as exc:
                 future.set_exception(exc)
         else:
-            kind = _FAILURES.get(result.error_type, DragonExecutorError)
             host = f" on host {result.host}" if result.host else ""
-            future.set_exception(kind(f"{result.error_type}{host}: {result.error}"))
+            future.set_exception(_failure(result.error_type, f"{result.error_type}{host}: {result.error}"))
     except InvalidStateError:
         pass
     except Exception as exc:

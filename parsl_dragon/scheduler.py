@@ -1,136 +1,154 @@
-"""Pure task-to-worker scheduling: events in, dispatch actions out. No I/O.
+"""Pure server-side scheduling: which worker runs which task, on which cores. No I/O.
 
-The server feeds it events (a worker appeared or was lost, a task arrived or
-finished) and sends whatever :class:`Dispatch` actions come back. Each worker
-holds at most ``1 + prefetch`` tasks: one running, the rest queued locally so a
-worker never waits a network round trip between short tasks. Pending tasks are
-handed out first come, first served, spread over the least-loaded workers.
+Two layers, both pure:
 
-This module imports neither zmq nor dragon, so it is tested without sockets.
+* :class:`~parsl_dragon.placement.SlotTable` decides *where* a task may start (cores and
+  GPUs per node, priority queue, backfill without starvation);
+* :class:`TaskScheduler` (this module) adds the persistent workers: each task runs on an
+  idle worker of its first host (for an MPI task that worker runs the app, which launches
+  the ranks), and the slot table is told how many workers each node has ready.
+
+The server feeds events in (worker ready / lost, task submitted / finished / cancelled)
+and sends the :class:`Assignment` actions that come back::
+
+    >>> s = TaskScheduler([NodeSlots("n1", cores=2)])
+    >>> s.worker_ready("w1", "n1")
+    []
+    >>> s.submit(1, {})
+    [Assignment(worker_id='w1', task_id=1, placement={})]
+    >>> s.submit(2, {})            # the only worker is busy: queued
+    []
+    >>> s.finished(1)
+    [Assignment(worker_id='w1', task_id=2, placement={})]
 """
 from __future__ import annotations
 
-from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Deque, Dict, List, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
+
+from parsl.executors.errors import InvalidResourceSpecification
+
+from parsl_dragon.placement import NodeSlots, Placement, SlotTable
+from parsl_dragon.resources import check_fits, is_mpi, request_for
 
 
 @dataclass(frozen=True)
-class Dispatch:
-    """Send these tasks (internal ids) to this worker."""
+class Assignment:
+    """Send task ``task_id`` to ``worker_id``; ``placement`` is set for MPI tasks only."""
 
     worker_id: str
-    task_ids: List[int]
+    task_id: int
+    placement: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
-class _Worker:
-    worker_id: str
-    host: str
-    tasks: Set[int] = field(default_factory=set)
+class _Host:
+    idle: List[str] = field(default_factory=list)
+    ready: Set[str] = field(default_factory=set)
 
 
 class TaskScheduler:
-    """Tracks workers, their in-flight tasks and the pending queue."""
+    """Workers per host, the slot table, and which worker holds which task."""
 
-    def __init__(self, prefetch: int = 0) -> None:
-        if prefetch < 0:
-            raise ValueError("prefetch must be >= 0")
-        self.capacity_per_worker = 1 + prefetch
-        self._workers: Dict[str, _Worker] = {}
-        # workers with spare capacity, bucketed by load (_free[n]: workers holding n tasks);
-        # each bucket is in round-robin order
-        self._free: List["OrderedDict[str, None]"] = [OrderedDict() for _ in range(self.capacity_per_worker)]
-        self._pending: Deque[int] = deque()
-        self._placed: Dict[int, str] = {}  # task -> worker
+    def __init__(self, nodes: Iterable[NodeSlots], max_bypass: int = 16) -> None:
+        nodes = [NodeSlots(n.hostname, n.cores, n.gpus, workers=0) for n in nodes]
+        self.table = SlotTable(nodes, max_bypass=max_bypass)
+        self._hosts: Dict[str, _Host] = {n.hostname: _Host() for n in nodes}
+        self._worker_host: Dict[str, str] = {}
+        self._worker_task: Dict[str, int] = {}
+        self._task_worker: Dict[int, str] = {}
+        self._mpi: Set[int] = set()
 
     # ---- queries -------------------------------------------------------
     @property
     def workers(self) -> int:
-        return len(self._workers)
+        return len(self._worker_host)
 
     @property
     def running(self) -> int:
-        return len(self._placed)
+        return len(self._task_worker)
 
     @property
     def queued(self) -> int:
-        return len(self._pending)
+        return self.table.queued
 
-    def host_of(self, task_id: int) -> str:
-        """Host of the worker running ``task_id`` ('' if it is not placed)."""
-        worker = self._workers.get(self._placed.get(task_id, ""))
-        return worker.host if worker else ""
+    @property
+    def nodes(self) -> Tuple[NodeSlots, ...]:
+        return self.table.nodes
 
-    def worker_hosts(self) -> Dict[str, str]:
-        return {w.worker_id: w.host for w in self._workers.values()}
+    def host_of_worker(self, worker_id: str) -> str:
+        return self._worker_host.get(worker_id, "")
+
+    def worker_ids(self) -> List[str]:
+        return list(self._worker_host)
 
     # ---- events --------------------------------------------------------
-    def add_worker(self, worker_id: str, host: str) -> Tuple[List[int], List[Dispatch]]:
-        """A worker (re)announced itself. Tasks it held before a restart are returned as lost."""
-        lost = self._forget(worker_id)
-        self._workers[worker_id] = _Worker(worker_id, host)
-        self._free[0][worker_id] = None
-        return lost, self._fill()
+    def worker_ready(self, worker_id: str, host: str) -> List[Assignment]:
+        """A worker announced itself; it may start queued tasks."""
+        if host not in self._hosts:
+            raise KeyError(f"worker {worker_id} on unknown host {host!r}")
+        self._worker_host[worker_id] = host
+        state = self._hosts[host]
+        state.ready.add(worker_id)
+        state.idle.append(worker_id)
+        return self._assign(self.table.set_workers(host, len(state.ready)))
 
-    def remove_worker(self, worker_id: str) -> Tuple[List[int], List[Dispatch]]:
-        """A worker died: return the tasks it held (lost) and new dispatches for the others."""
-        lost = self._forget(worker_id)
-        return lost, self._fill()
+    def worker_lost(self, worker_id: str) -> Tuple[Optional[int], List[Assignment]]:
+        """A worker died: the task it held (if any) is lost; its slots free up."""
+        host = self._worker_host.pop(worker_id, None)
+        if host is None:
+            return None, []
+        state = self._hosts[host]
+        state.ready.discard(worker_id)
+        if worker_id in state.idle:
+            state.idle.remove(worker_id)
+        lost = self._worker_task.pop(worker_id, None)
+        started: List[Placement] = []
+        if lost is not None:
+            self._task_worker.pop(lost, None)
+            self._mpi.discard(lost)
+            started += self.table.release(lost)
+        started += self.table.set_workers(host, len(state.ready))
+        return lost, self._assign(started)
 
-    def submit(self, task_ids: List[int]) -> List[Dispatch]:
-        self._pending.extend(task_ids)
-        return self._fill()
+    def submit(self, task_id: int, spec: Dict[str, Any]) -> List[Assignment]:
+        """Queue a task (spec as normalized by the executor); InvalidResourceSpecification if it can
+        never run on these nodes."""
+        try:
+            check_fits(spec, self.table.nodes)
+            request = request_for(task_id, spec)
+        except (ValueError, TypeError, KeyError) as exc:  # a malformed spec from the wire
+            raise InvalidResourceSpecification(set(spec), str(exc)) from exc
+        if is_mpi(spec):
+            self._mpi.add(task_id)
+        return self._assign(self.table.submit(request))
 
-    def complete(self, task_ids: List[int]) -> List[Dispatch]:
-        """Tasks finished (any outcome); their slots free up."""
-        for task_id in task_ids:
-            worker_id = self._placed.pop(task_id, None)
-            worker = self._workers.get(worker_id or "")
-            if worker is not None and task_id in worker.tasks:
-                self._unmark_free(worker)
-                worker.tasks.discard(task_id)
-                self._mark_free(worker)
-        return self._fill()
+    def finished(self, task_id: int) -> List[Assignment]:
+        """A task ended (any outcome): its worker is idle again and its slots are free."""
+        worker_id = self._task_worker.pop(task_id, None)
+        self._mpi.discard(task_id)
+        if worker_id is not None:
+            self._worker_task.pop(worker_id, None)
+            host = self._worker_host.get(worker_id)
+            if host is not None:
+                self._hosts[host].idle.append(worker_id)
+        return self._assign(self.table.release(task_id))
 
-    def cancel(self, task_ids: Set[int]) -> List[int]:
-        """Drop tasks that have not started; return the ids that were still pending."""
-        kept: Deque[int] = deque()
-        dropped = []
-        for task_id in self._pending:
-            (dropped if task_id in task_ids else kept).append(task_id)
-        self._pending = kept
-        return dropped
+    def cancel(self, task_ids: Iterable[int]) -> Tuple[List[int], List[Assignment]]:
+        """Drop queued tasks; return the dropped ids and what can start instead."""
+        cancellation = self.table.cancel(task_ids)
+        for task_id in cancellation.dropped:
+            self._mpi.discard(task_id)
+        return cancellation.dropped, self._assign(cancellation.started)
 
     # ---- internals -----------------------------------------------------
-    def _forget(self, worker_id: str) -> List[int]:
-        worker = self._workers.pop(worker_id, None)
-        if worker is None:
-            return []
-        self._unmark_free(worker)
-        for task_id in worker.tasks:
-            self._placed.pop(task_id, None)
-        return sorted(worker.tasks)
-
-    def _fill(self) -> List[Dispatch]:
-        batches: Dict[str, List[int]] = {}
-        while self._pending:
-            least_loaded = next((bucket for bucket in self._free if bucket), None)
-            if least_loaded is None:
-                break
-            worker_id, _ = least_loaded.popitem(last=False)
-            worker = self._workers[worker_id]
-            task_id = self._pending.popleft()
-            worker.tasks.add(task_id)
-            self._placed[task_id] = worker_id
-            batches.setdefault(worker_id, []).append(task_id)
-            self._mark_free(worker)  # back of the next bucket's line: spread tasks round robin
-        return [Dispatch(w, ids) for w, ids in batches.items()]
-
-    def _mark_free(self, worker: _Worker) -> None:
-        if len(worker.tasks) < self.capacity_per_worker:
-            self._free[len(worker.tasks)][worker.worker_id] = None
-
-    def _unmark_free(self, worker: _Worker) -> None:
-        if len(worker.tasks) < self.capacity_per_worker:
-            self._free[len(worker.tasks)].pop(worker.worker_id, None)
+    def _assign(self, placements: List[Placement]) -> List[Assignment]:
+        assignments = []
+        for placement in placements:
+            state = self._hosts[placement.hosts[0]]
+            worker_id = state.idle.pop(0)  # the slot table never starts more tasks than ready workers
+            self._worker_task[worker_id] = placement.task_id
+            self._task_worker[placement.task_id] = worker_id
+            detail = placement.to_dict() if placement.task_id in self._mpi else {}
+            assignments.append(Assignment(worker_id, placement.task_id, detail))
+        return assignments

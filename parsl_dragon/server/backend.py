@@ -206,7 +206,7 @@ def _run_group(job: RankJob, started) -> RankOutcome:
     try:
         group.start()
         started()
-        timed_out = _join_group(group, job.walltime)
+        timed_out = _wait_for_ranks(group, len(labels), job.walltime)
         codes = [code for _, code in sorted(group.inactive_puids)]
     finally:
         group.close(patience=2.0)
@@ -216,19 +216,19 @@ def _run_group(job: RankJob, started) -> RankOutcome:
     return RankOutcome(codes, labels)
 
 
-def _join_group(group, walltime: Optional[float]) -> bool:
-    """Wait for every rank; stop them at the walltime. True if the walltime was hit."""
+def _wait_for_ranks(group, count: int, walltime: Optional[float]) -> bool:
+    """Wait until all ``count`` ranks have exited; stop them at the walltime (True if hit).
+
+    Polls ``inactive_puids`` rather than ``join(timeout)``: in dragonhpc 0.15 a join that
+    times out leaves a stale reply behind, which breaks the group's next request."""
     deadline = None if walltime is None else time.monotonic() + walltime
-    while True:
-        try:
-            group.join(timeout=0.5)
-            return False
-        except TimeoutError:
-            pass
+    while len(group.inactive_puids) < count:
         if deadline is not None and time.monotonic() > deadline:
             logger.warning("Ranks exceeded their walltime of %.1fs: stopping them", walltime)
             group.stop(patience=1.0)
             return True
+        time.sleep(0.2)
+    return False
 
 
 def _run_mpiexec(job: RankJob, started) -> RankOutcome:

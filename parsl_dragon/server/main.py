@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trust", action="append", default=[], help="extra trusted client public key (z85)")
     parser.add_argument("--host-address", default="127.0.0.1")
     parser.add_argument("--workers-per-node", type=int, default=None)
-    parser.add_argument("--prefetch", type=int, default=0)
+    parser.add_argument("--cores-per-node", type=int, default=None,
+                        help="cores the slot table counts per node (default: what Dragon reports)")
+    parser.add_argument("--default-pmi", default="mpiexec", choices=["cray", "pmix", "mpiexec", "none"])
     parser.add_argument("--heartbeat-period", type=float, default=5.0)
     parser.add_argument("--heartbeat-threshold", type=int, default=3)
     parser.add_argument("--idle-timeout", type=float, default=300.0, help="seconds to wait for the owner; <0: forever")
@@ -65,7 +67,7 @@ def options_from(args: argparse.Namespace) -> ServerOptions:
     return ServerOptions(
         connection_file=os.path.abspath(args.connection_file), log_path=os.path.abspath(args.log_file),
         server_keys=server_keys, client_keys=trusted, host_address=resolve_host_address(args.host_address),
-        prefetch=args.prefetch,
+        cores_per_node=args.cores_per_node, default_pmi=args.default_pmi,
         heartbeat_period=args.heartbeat_period, heartbeat_threshold=args.heartbeat_threshold,
         idle_timeout=None if args.idle_timeout < 0 else args.idle_timeout,
         job_id=args.job_id, block_id=args.block_id, launcher_pid=args.launcher_pid)

@@ -31,7 +31,10 @@ import zmq
 from parsl_dragon import protocol as p
 from parsl_dragon.connection import ConnectionInfo, remove_connection, write_connection
 from parsl_dragon.errors import ProtocolError
-from parsl_dragon.scheduler import Dispatch, TaskScheduler
+from parsl.executors.errors import InvalidResourceSpecification
+
+from parsl_dragon.placement import NodeSlots
+from parsl_dragon.scheduler import Assignment, TaskScheduler
 from parsl_dragon.security import KeyPair, ephemeral_pair, make_curve_server
 from parsl_dragon.server.auth import CLIENT_DOMAIN, WORKER_DOMAIN, start_authenticator
 from parsl_dragon.server.ranks import RankLaunches, job_from
@@ -50,7 +53,7 @@ class ServerOptions:
     server_keys: KeyPair
     client_keys: List[bytes]
     host_address: str = "127.0.0.1"
-    prefetch: int = 0
+    cores_per_node: Optional[int] = None
     default_pmi: str = "mpiexec"
     heartbeat_period: float = 5.0
     heartbeat_threshold: int = 3
@@ -85,7 +88,7 @@ class Server:
         self.options = options
         self.backend = backend
         self.server_id = uuid.uuid4().hex
-        self.scheduler = TaskScheduler(prefetch=options.prefetch)
+        self.scheduler = TaskScheduler([])  # replaced in _start(), once the nodes are known
         self.context = zmq.Context()
         self.worker_keys = ephemeral_pair()
         self.clients: Dict[bytes, _Client] = {}
@@ -133,6 +136,8 @@ class Server:
         self.frontend, front_port = self._bind(CLIENT_DOMAIN, opts.server_keys.secret)
         self.backend_socket, back_port = self._bind(WORKER_DOMAIN, self.worker_keys.secret)
         worker_address = f"tcp://{opts.host_address}:{back_port}"
+        self.scheduler = TaskScheduler([NodeSlots(n.hostname, opts.cores_per_node or n.cpus, n.gpus)
+                                        for n in self.backend.nodes()])
         count = self.backend.start_workers(worker_address, self._worker_env(worker_address), opts.cwd)
         logger.info("Launching %d workers on %s; backend at %s", count, self.backend.hostnames(), worker_address)
         self._write_connection(f"tcp://{opts.host_address}:{front_port}")
@@ -163,7 +168,7 @@ class Server:
         remove_connection(self.options.connection_file, self.server_id)
         self._goodbye_clients()
         if self.backend_socket is not None:
-            for worker_id in list(self.scheduler.worker_hosts()):
+            for worker_id in self.scheduler.worker_ids():
                 self._send_worker(worker_id, p.StopWorker())
         try:
             self.backend.stop(patience=2.0)
@@ -285,18 +290,21 @@ class Server:
         self._send_client(identity, p.Welcome(
             server_id=self.server_id, host=socket.gethostname(), parsl_version=parsl.__version__,
             python_version=p.PYTHON_VERSION, nodes=self.backend.hostnames(),
-            workers=self.backend.expected_workers(), cores=[n.cpus for n in self.backend.nodes()],
-            gpus=[n.gpus for n in self.backend.nodes()]))
+            workers=self.backend.expected_workers(), cores=[n.cores for n in self.scheduler.nodes],
+            gpus=[n.gpus for n in self.scheduler.nodes]))
 
     def _on_submit_tasks(self, client: _Client, message: p.SubmitTasks) -> None:
-        ids = []
+        assignments: List[Assignment] = []
         for entry, payload in zip(message.tasks, message.payloads):
             self._next_task += 1
             spec = entry.spec if isinstance(entry.spec, dict) else {}
-            self.tasks[self._next_task] = _Task(client.identity, entry.task_id, spec, payload,
-                                                self._placement(spec))
-            ids.append(self._next_task)
-        self._dispatch(self.scheduler.submit(ids))
+            try:
+                assignments += self.scheduler.submit(self._next_task, spec)
+            except InvalidResourceSpecification as exc:
+                self._fail_client_tasks(client.identity, [entry.task_id], "InvalidResourceSpecification", str(exc))
+                continue
+            self.tasks[self._next_task] = _Task(client.identity, entry.task_id, spec, payload)
+        self._dispatch(assignments)
 
     def _on_client_heartbeat(self, client: _Client, message: p.Heartbeat) -> None:
         pass  # last_seen is already renewed
@@ -316,10 +324,13 @@ class Server:
     }
 
     def _drop_client(self, identity: bytes) -> None:
+        """Forget a client; its queued tasks are dropped (running ones finish, results unrouted)."""
         self.clients.pop(identity, None)
-        mine = {tid for tid, task in self.tasks.items() if task.client == identity}
-        for task_id in self.scheduler.cancel(mine):
+        mine = [tid for tid, task in self.tasks.items() if task.client == identity]
+        dropped, assignments = self.scheduler.cancel(mine)
+        for task_id in dropped:
             self.tasks.pop(task_id, None)
+        self._dispatch(assignments)
 
     # ---- backend (workers) --------------------------------------------
     def _on_backend(self, identity: bytes, frames: List[bytes]) -> None:
@@ -343,17 +354,20 @@ class Server:
         worker_id = identity.decode()
         self.worker_puids[worker_id] = message.puid
         logger.info("Worker %s ready on %s (pid %d, puid %d)", worker_id, message.host, message.pid, message.puid)
-        lost, dispatches = self.scheduler.add_worker(worker_id, message.host)
-        self._fail_lost(lost, message.host, "worker restarted while running the task")
-        self._dispatch(dispatches)
+        try:
+            assignments = self.scheduler.worker_ready(worker_id, message.host)
+        except KeyError as exc:
+            logger.warning("Ignoring worker %s: %s", worker_id, exc)
+            return
+        self._dispatch(assignments)
 
     def _on_worker_lost(self, worker_id: str, why: str) -> None:
-        host = self.scheduler.worker_hosts().get(worker_id, "?")
+        host = self.scheduler.host_of_worker(worker_id) or "?"
         self.worker_puids.pop(worker_id, None)
         logger.warning("Worker %s on %s lost: %s", worker_id, host, why)
-        lost, dispatches = self.scheduler.remove_worker(worker_id)
-        self._fail_lost(lost, host, why)
-        self._dispatch(dispatches)
+        lost, assignments = self.scheduler.worker_lost(worker_id)
+        self._fail_lost([lost] if lost is not None else [], host, why)
+        self._dispatch(assignments)
 
     def _fail_lost(self, lost: List[int], host: str, why: str) -> None:
         by_client: Dict[bytes, List[int]] = {}
@@ -365,11 +379,11 @@ class Server:
             self._fail_client_tasks(identity, ids, "WorkerLost", f"worker on host {host} was lost: {why}")
 
     def _on_task_results(self, message: p.TaskResults) -> None:
-        done = []
+        assignments: List[Assignment] = []
         per_client: Dict[bytes, p.TaskResults] = {}
         for result, payload in zip(message.results, message.payloads):
             task = self.tasks.pop(result.task_id, None)
-            done.append(result.task_id)
+            assignments += self.scheduler.finished(result.task_id)
             if task is None or task.client not in self.clients:
                 continue  # client gone or duplicate reply: nothing to route
             batch = per_client.setdefault(task.client, p.TaskResults(results=[]))
@@ -378,14 +392,7 @@ class Server:
             batch.payloads.append(payload)
         for identity, batch in per_client.items():
             self._send_client(identity, batch)
-        self._dispatch(self.scheduler.complete(done))
-
-    def _placement(self, spec: dict) -> dict:
-        """Hosts for an MPI task's ranks: the first ``num_nodes`` nodes (serial tasks: none)."""
-        if "num_nodes" not in spec:
-            return {}
-        hosts = self.backend.hostnames()[:int(spec["num_nodes"])]
-        return {"hosts": hosts, "cores": [[] for _ in hosts], "gpus": [[] for _ in hosts]}
+        self._dispatch(assignments)
 
     def _on_launch_ranks(self, identity: bytes, message: p.LaunchRanks) -> None:
         task = self.tasks.get(message.task_id)
@@ -406,15 +413,19 @@ class Server:
                 self._send_client(client.identity, message)
 
     # ---- sending ------------------------------------------------------
-    def _dispatch(self, dispatches: List[Dispatch]) -> None:
-        for dispatch in dispatches:
-            entries, payloads = [], []
-            for task_id in dispatch.task_ids:
-                task = self.tasks[task_id]
-                entries.append(p.TaskEntry(task_id=task_id, spec=task.spec, placement=task.placement))
-                payloads.append(task.payload)
-                task.payload = b""  # the worker has it now; keep memory bounded
-            self._send_worker(dispatch.worker_id, p.SubmitTasks(tasks=entries, payloads=payloads))
+    def _dispatch(self, assignments: List[Assignment]) -> None:
+        batches: Dict[str, p.SubmitTasks] = {}
+        for assignment in assignments:
+            task = self.tasks.get(assignment.task_id)
+            if task is None:
+                continue
+            task.placement = assignment.placement
+            batch = batches.setdefault(assignment.worker_id, p.SubmitTasks(tasks=[]))
+            batch.tasks.append(p.TaskEntry(task_id=assignment.task_id, spec=task.spec, placement=task.placement))
+            batch.payloads.append(task.payload)
+            task.payload = b""  # the worker has it now; keep memory bounded
+        for worker_id, batch in batches.items():
+            self._send_worker(worker_id, batch)
 
     def _fail_client_tasks(self, identity: bytes, ids: List[int], error_type: str, error: str) -> None:
         results = [p.TaskResult(task_id=i, status=p.FAILED, error_type=error_type, error=error) for i in ids]
