@@ -16,6 +16,7 @@ compare medians). It asserts nothing: targets belong to humans reading the ratio
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import statistics
 import sys
@@ -38,7 +39,7 @@ def noop():
 
 
 def dragon_config(run_dir: str) -> Config:
-    return Config(executors=[DragonExecutor(label="dragon", prefetch_capacity=int(os.environ.get("BENCH_PREFETCH", "0")))],
+    return Config(executors=[DragonExecutor(label="dragon")],
                   run_dir=run_dir, strategy_period=0.1)
 
 
@@ -96,6 +97,9 @@ def main() -> None:
     parser.add_argument("--only", default="dragon,htex,threads")
     args = parser.parse_args()
     names = [n for n in args.only.split(",") if n]
+    # Same lock as the Dragon test sessions: never measure beside another busy-polling runtime.
+    lock = open("/tmp/parsl-dragon-integration.lock", "a")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     results: Dict[str, List[Dict[str, float]]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory(prefix="parsl-dragon-bench-") as tmp:
         for round_ in range(args.repeat):

@@ -8,9 +8,11 @@ with the block's log files and their last lines, so the user sees why.
 from __future__ import annotations
 
 import os
+import shlex
+import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from parsl.jobs.states import TERMINAL_STATES, JobStatus
 
@@ -34,6 +36,28 @@ class BlockLaunch:
 
     def log_files(self) -> List[str]:
         return [os.path.join(self.block_dir, name) for name in LOG_NAMES]
+
+
+def boot_command(launch: BlockLaunch, key_path: str, transport: str, idle_timeout_s: Optional[float],
+                 server_options: Dict[str, object], python: str = sys.executable) -> str:
+    """The shell command a provider runs for one block: boot -> dragon -> our server.
+
+    ``server_options`` become ``--name value`` flags of the server (``None`` values are
+    left out, ``True`` becomes a bare flag), e.g. ``{"host_address": "auto", "debug": True}``.
+    """
+    args = [python, "-m", "parsl_dragon.server.boot", "--block-dir", launch.block_dir,
+            "--transport", transport, "--",
+            "--connection-file", launch.connection_file,
+            "--log-file", os.path.join(launch.block_dir, "server.log"),
+            "--key-dir", key_path, "--block-id", launch.block_id,
+            "--idle-timeout", str(idle_timeout_s if idle_timeout_s is not None else -1)]
+    for name, value in server_options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            args.append(flag)
+        elif value is not None and value is not False:
+            args += [flag, str(value)]
+    return " ".join(shlex.quote(a) for a in args)
 
 
 def tail(path: str, lines: int = 5) -> str:

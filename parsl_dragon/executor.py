@@ -40,7 +40,7 @@ from parsl.utils import RepresentationMixin
 
 from parsl_dragon import protocol as p
 from parsl_dragon import security
-from parsl_dragon.blocks import BlockLaunch, wait_for_server
+from parsl_dragon.blocks import BlockLaunch, boot_command, wait_for_server
 from parsl_dragon.client import DragonClient, ServerLink
 from parsl_dragon.connection import connection_path, read_connection, remove_connection
 from parsl_dragon.errors import (ConfigurationError, DragonExecutorError,
@@ -224,22 +224,14 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         shared = self.settings.server_path is not None and not any(
             launch.connection_file == connection_path(self.settings.server_path) for launch in self._launches.values())
         conn_file = connection_path(self.settings.server_path if shared else block_dir)  # type: ignore[arg-type]
-        self._launches[block_id] = BlockLaunch(block_id, block_dir, conn_file, launched=time.time())
-        args = [sys.executable, "-m", "parsl_dragon.server.boot", "--block-dir", block_dir,
-                "--transport", self.settings.transport, "--",
-                "--connection-file", conn_file, "--log-file", os.path.join(block_dir, "server.log"),
-                "--key-dir", self.settings.key_path, "--block-id", block_id,
-                "--host-address", self._host_address(), "--default-pmi", self.pmi,
-                "--heartbeat-period", str(self.heartbeat_period),
-                "--heartbeat-threshold", str(self.heartbeat_threshold),
-                "--idle-timeout", str(self.settings.startup_timeout_s or -1)]
-        if self.workers_per_node_arg is not None:
-            args += ["--workers-per-node", str(self.workers_per_node_arg)]
-        if self.cores_per_node is not None:
-            args += ["--cores-per-node", str(self.cores_per_node)]
-        if self.worker_debug:
-            args.append("--debug")
-        return " ".join(_quote(a) for a in args)
+        launch = self._launches[block_id] = BlockLaunch(block_id, block_dir, conn_file, launched=time.time())
+        return boot_command(launch, self.settings.key_path, self.settings.transport,
+                            self.settings.startup_timeout_s, {
+                                "host_address": self._host_address(), "default_pmi": self.pmi,
+                                "heartbeat_period": self.heartbeat_period,
+                                "heartbeat_threshold": self.heartbeat_threshold,
+                                "workers_per_node": self.workers_per_node_arg,
+                                "cores_per_node": self.cores_per_node, "debug": self.worker_debug})
 
     def _host_address(self) -> str:
         if self.address:
@@ -455,11 +447,6 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         for future in left:
             _set_exception(future, DragonExecutorError("executor shut down before the task finished", self))
         logger.info("DragonExecutor %s shut down", self.label)
-
-
-def _quote(arg: str) -> str:
-    import shlex
-    return shlex.quote(arg)
 
 
 def _set_exception(future: Future, exc: BaseException) -> None:
