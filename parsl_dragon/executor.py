@@ -409,6 +409,22 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
             _set_exception(future, ServerLost(f"{where} was lost: {why}; the task may be retried", self))
         if server.block_id is not None and not self._stopping:
             self._simulated_status[server.block_id] = JobStatus(JobState.FAILED, f"{where} lost: {why}")
+            self._cancel_block_job(server.block_id)
+
+    def _cancel_block_job(self, block_id: str) -> None:
+        """Cancel a useless block's job in the background: frees the allocation, and its boot
+        process cleans up whatever of the runtime is left."""
+        job_id = self.blocks_to_job_id.get(block_id)
+        if job_id is None or self.provider is None:
+            return
+        provider = self.provider
+
+        def cancel() -> None:
+            try:
+                provider.cancel([job_id])
+            except Exception as exc:
+                logger.warning("Could not cancel job %s of lost block %s: %s", job_id, block_id, exc)
+        threading.Thread(target=cancel, name=f"parsl-dragon-cancel-{block_id}", daemon=True).start()
 
     # ---- shutdown --------------------------------------------------------
     def _detach(self, server_id: str, message: p.Message) -> None:

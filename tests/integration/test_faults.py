@@ -49,7 +49,7 @@ def test_killed_worker_fails_its_task_and_is_replaced(load_dfk, tmp_path):
 
 def test_killed_server_fails_outstanding_tasks_quickly(load_dfk, tmp_path):
     server_dir = str(tmp_path / "server")
-    load_dfk(server_path=server_dir, heartbeat_period=1.0, heartbeat_threshold=2)
+    dfk = load_dfk(server_path=server_dir, heartbeat_period=1.0, heartbeat_threshold=2)
     marker = str(tmp_path / "worker.pid")
     victim = write_pid_then_sleep(marker, 120)
     _wait_for_file(marker)
@@ -61,6 +61,15 @@ def test_killed_server_fails_outstanding_tasks_quickly(load_dfk, tmp_path):
     detection = time.monotonic() - started
     print(f"server SIGKILL detected after {detection:.2f}s")
     assert detection < 2 * 2 * 1.0 + 2.0
+
+    # the only block failed: the executor goes to its bad state and later submits fail with it
+    deadline = time.monotonic() + 30
+    while not dfk.executors["dragon"].bad_state_is_set:
+        assert time.monotonic() < deadline, "block failure never reached the executor's error handler"
+        time.sleep(0.2)
+    with pytest.raises(Exception) as info:
+        pid().result(timeout=30)
+    assert "lost" in str(info.value)
 
 
 DRIVER = """
