@@ -85,6 +85,11 @@ def sleepy():
 parsl.load(parsl.Config(executors=[DragonExecutor(server_path=sys.argv[1], workers_per_node=1,
                                                   heartbeat_period=1.0, heartbeat_threshold=2)],
                         run_dir=sys.argv[2], strategy_period=0.2))
+@python_app
+def ready():
+    return True
+
+assert ready().result(timeout=120)   # the executor holds a session (and so a lease) with its server
 future = sleepy()
 print("SUBMITTED", flush=True)
 time.sleep(600)
