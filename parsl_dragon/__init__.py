@@ -9,12 +9,13 @@ from parsl_dragon.errors import (AuthenticationFailed, ConfigurationError, Drago
                                  ServerConnectionError,
                                  ServerLost, ServerStartupError, VersionMismatch, WorkerLost)
 from parsl_dragon.executor import DragonExecutor
+from parsl_dragon.launchers import DragonLauncher
 from parsl_dragon.monitoring import DragonRadio
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DragonExecutor", "DragonRadio", "DragonExecutorError", "ConfigurationError", "InsecureKeyPath",
+    "DragonExecutor", "DragonLauncher", "DragonRadio", "DragonExecutorError", "ConfigurationError", "InsecureKeyPath",
     "ServerStartupError", "ServerConnectionError", "AuthenticationFailed", "HandshakeTimeout",
     "VersionMismatch", "ServerLost", "WorkerLost", "ProtocolError", "RankFailure", "RankLaunchError",
 ]

@@ -50,6 +50,7 @@ class ServerLink:
     socket: zmq.Socket
     last_seen: float = field(default_factory=time.monotonic)
     load: Optional[p.Heartbeat] = None
+    stopping: str = ""  # the server said it is stopping: lose it at the next tick, not after the lease
 
     @property
     def server_id(self) -> str:
@@ -286,13 +287,17 @@ class DragonClient:
             self._inbox.put(("monitoring", message))
         elif isinstance(message, p.ErrorReply):
             logger.warning("Server %s reports: %s", link.server_id, message.reason)
+            if message.reason.startswith("server stopping"):
+                link.stopping = message.reason
         else:
             logger.warning("Unexpected %s from server %s", type(message).__name__, link.server_id)
 
     def _heartbeat(self, now: float, poller: zmq.Poller) -> None:
         lease = self.heartbeat_period * self.heartbeat_threshold
         for server_id, link in list(self.links.items()):
-            if now - link.last_seen > lease:
+            if link.stopping:
+                self._lose(server_id, link.stopping, poller)
+            elif now - link.last_seen > lease:
                 self._lose(server_id, f"no message from the server for {now - link.last_seen:.1f}s "
                                       f"(lease {lease:.1f}s = heartbeat_period x heartbeat_threshold)", poller)
             else:
@@ -330,6 +335,6 @@ class DragonClient:
                         results=[p.TaskResult(task_id=i, status=p.FAILED, error_type="ServerLost",
                                               error=f"server {server_id} is gone") for i in ids],
                         payloads=[b""] * len(ids)))
-            except Exception:
+            except BaseException:  # e.g. SystemExit re-raised from a task: this thread must survive it
                 logger.exception("Result callback failed for %s", kind)
 

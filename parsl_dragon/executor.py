@@ -54,7 +54,7 @@ from parsl_dragon.settings import Settings, resolve_settings
 logger = logging.getLogger(__name__)
 
 BUFFER_THRESHOLD = 1024 * 1024
-STOP_WAIT_SECONDS = 20.0
+STOP_WAIT_SECONDS = 60.0  # a multi-node runtime can take a while to stop under load
 _FAILURES = {"WorkerLost": WorkerLost, "ServerLost": ServerLost}
 
 
@@ -175,7 +175,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
             server_path=self.server_path, transport=self.transport, startup_timeout_ms=self.startup_timeout_ms,
             timeout_ms=self.timeout_ms, key_path=self.key_path)
         if self.provider is not None:
-            check_launcher(getattr(self.provider, "launcher", None))
+            check_launcher(getattr(self.provider, "launcher", None), getattr(self.provider, "nodes_per_block", None))
         client_keys = security.load_pair(self.settings.key_path, security.CLIENT)
         security.load_pair(self.settings.key_path, security.SERVER)  # the servers load it in the block
         os.makedirs(self._executor_dir, exist_ok=True)

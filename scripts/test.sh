@@ -45,6 +45,23 @@ export PYTHONUNBUFFERED=1            # pytest's output is piped through tee belo
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/parsl-dragon-test.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 
+bash "$ROOT/scripts/system-packages.sh" || say "WARNING: scripts/system-packages.sh failed: MPI tests will skip (fail under CI=true)"
+
+# Real single-node Slurm for the tests marked `slurm` (scripts/slurm/up.sh), when root or CI=true;
+# stopped at exit only if this run started it. If it cannot start, those tests skip (fail under CI).
+SLURM_STARTED=0
+stop_slurm() { [[ "$SLURM_STARTED" == 1 ]] && bash "$ROOT/scripts/slurm/down.sh" || true; }
+trap 'rm -rf "$WORK"; stop_slurm' EXIT
+if [[ "$(id -u)" == 0 || "${CI:-}" == true ]]; then
+    if slurm_out="$(bash "$ROOT/scripts/slurm/up.sh" 2>&1)"; then
+        [[ "$slurm_out" == *"] started"* ]] && SLURM_STARTED=1
+        say "slurm: ${slurm_out##*$'\n'}"
+    else
+        echo "$slurm_out" >&2
+        say "WARNING: could not start Slurm (scripts/slurm/up.sh failed): tests marked slurm will skip, or fail under CI=true"
+    fi
+fi
+
 "$PY" "$ROOT/tests/leaks.py" snapshot "$WORK/leaks-before.json"
 
 NAMES=()  # one entry per pytest run

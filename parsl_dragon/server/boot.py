@@ -11,31 +11,43 @@ It runs *outside* Dragon and:
 2. chooses the launch mode: single-node (``dragon -s``) outside an allocation or
    in a one-node allocation, Dragon's WLM mode (``-w slurm`` / ``-w pbs+pals``)
    in a multi-node one;
-3. runs ``dragon ... python -m parsl_dragon.server.main`` with the venv's ``bin/``
+3. resolves the address the server publishes (``--host-address auto`` or an
+   interface name) here, on the block's first node, where the server runs;
+4. runs ``dragon ... python -m parsl_dragon.server.main`` with the venv's ``bin/``
    on PATH and a per-block token in the environment of every process it starts;
-4. on SIGTERM/SIGINT/SIGHUP asks the runtime to stop, then escalates;
-5. after the runtime exits, kills any process still carrying the token and
+5. on SIGTERM/SIGINT/SIGHUP asks the runtime to stop, then escalates;
+6. after the runtime exits, kills any process still carrying the token and
    removes this runtime's ``/dev/shm`` pools, so nothing outlives the block.
+
+Only one boot runs per block: a second copy (a launcher that starts one per node)
+finds the block's lock taken and exits with ``DUPLICATE_EXIT``.
 """
 from __future__ import annotations
 
 import argparse
 import ctypes
+import fcntl
 import glob
+import ipaddress
 import logging
 import os
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
 import uuid
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, TextIO
 
 logger = logging.getLogger("parsl_dragon.server.boot")
 
 TOKEN_VAR = "PARSL_DRAGON_BLOCK_TOKEN"
+NODES_VAR = "PARSL_DRAGON_NODES_PER_BLOCK"  # exported by launchers.DragonLauncher
 STOP_GRACE_SECONDS = 10.0
+DUPLICATE_EXIT = 3
+_SIOCGIFADDR, _SIOCGIFFLAGS, _IFF_UP = 0x8915, 0x8913, 0x1
 
 
 def hsta_available() -> bool:
@@ -79,6 +91,74 @@ def launch_mode_args(env: Dict[str, str]) -> List[str]:
     return ["-w", "slurm"] if env.get("SLURM_JOB_ID") else ["-w", "pbs+pals"]
 
 
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return True
+
+
+def _resolve(name: str) -> Optional[str]:
+    try:
+        return socket.gethostbyname(name)
+    except OSError:
+        return None
+
+
+def interface_address(name: str) -> Optional[str]:
+    """IPv4 address of network interface ``name`` if it is up, else None (Linux ioctls)."""
+    packed = struct.pack("256s", name.encode()[:15])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            flags = struct.unpack("H", fcntl.ioctl(sock.fileno(), _SIOCGIFFLAGS, packed)[16:18])[0]
+            if not flags & _IFF_UP:
+                return None
+            return socket.inet_ntoa(fcntl.ioctl(sock.fileno(), _SIOCGIFADDR, packed)[20:24])
+        except OSError:
+            return None
+
+
+def host_address(value: str) -> str:
+    """The address the server publishes, resolved on the node where it runs.
+
+    ``auto``: this host's name if it resolves to a non-loopback address (Debian maps
+    the hostname to 127.0.1.1, unreachable from a login node), else the IPv4 address
+    of the first interface that is up and not loopback, else 127.0.0.1. The name of a
+    local interface (``hsn0``, ``bond0``) gives that interface's address. Anything
+    else is an address or name the user chose, passed through."""
+    if value != "auto":
+        address = interface_address(value) if value in _interface_names() else None
+        return address or value
+    for name in (socket.getfqdn(), socket.gethostname()):
+        address = _resolve(name)
+        if address is not None and not _is_loopback(address):
+            return address
+    for name in _interface_names():
+        address = interface_address(name)
+        if address is not None and not _is_loopback(address):
+            return address
+    logger.warning("No non-loopback address found on %s: publishing 127.0.0.1 (only clients on this "
+                   "host can connect)", socket.gethostname())
+    return "127.0.0.1"
+
+
+def _interface_names() -> List[str]:
+    try:
+        return [name for _, name in sorted(socket.if_nameindex())]
+    except OSError:
+        return []
+
+
+def resolve_server_args(server_args: List[str]) -> List[str]:
+    """Replace the value of ``--host-address`` by :func:`host_address` of it."""
+    args = list(server_args)
+    for i, arg in enumerate(args[:-1]):
+        if arg == "--host-address":
+            args[i + 1] = host_address(args[i + 1])
+            logger.info("Server address: %s (from --host-address %s)", args[i + 1], server_args[i + 1])
+    return args
+
+
 def dragon_command(transport: str, env: Dict[str, str], server_args: List[str]) -> List[str]:
     dragon = shutil.which("dragon", path=env.get("PATH"))
     if dragon is None:
@@ -87,10 +167,35 @@ def dragon_command(transport: str, env: Dict[str, str], server_args: List[str]) 
             sys.executable, "-m", "parsl_dragon.server.main", *server_args]
 
 
-def block_environment(token: str) -> Dict[str, str]:
+CLEANUP_SHIM = """#!/bin/sh
+# Written by parsl-dragon's block boot. Dragon's launcher runs `dragon-cleanup` when it is
+# stopped by a signal or exits abnormally; the real one kills every Dragon process of this user
+# on the node and deletes all of the user's /dev/shm files -- other blocks, other workflows.
+# The block's boot process cleans up instead, scoped to processes carrying this block's token
+# and to this runtime's own shm pools.
+echo "parsl-dragon: skipped user-wide dragon-cleanup $*; the block cleans up its own processes" >&2
+exit 0
+"""
+
+
+def cleanup_shim(block_dir: str) -> str:
+    """A private bin dir whose ``dragon-cleanup`` replaces Dragon's user-wide one (see CLEANUP_SHIM)."""
+    bindir = os.path.join(block_dir, "bin")
+    os.makedirs(bindir, exist_ok=True)
+    path = os.path.join(bindir, "dragon-cleanup")
+    with open(path, "w") as handle:
+        handle.write(CLEANUP_SHIM)
+    os.chmod(path, 0o755)
+    return bindir
+
+
+def block_environment(token: str, shim_dir: Optional[str] = None) -> Dict[str, str]:
+    """The runtime's environment: our token, the venv's bin/ (and the cleanup shim) first on PATH."""
     env = dict(os.environ)
     bindir = os.path.dirname(sys.executable)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    if shim_dir is not None:
+        env["PATH"] = shim_dir + os.pathsep + env["PATH"]
     env[TOKEN_VAR] = token
     return env
 
@@ -205,6 +310,25 @@ class Boot:
                 kill_leftovers(self.token)
 
 
+def take_block_lock(block_dir: str) -> Optional[TextIO]:
+    """Hold ``block_dir/boot.lock`` for this process's life; None if another boot holds it."""
+    handle = open(os.path.join(block_dir, "boot.lock"), "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
+    return handle
+
+
+def check_block_size(env: Dict[str, str]) -> None:
+    """Warn when the block asked for more nodes than the allocation we see has."""
+    wanted, have = env.get(NODES_VAR), allocation_nodes(env)
+    if wanted and wanted.isdigit() and have and int(wanted) != have:
+        logger.warning("The block asked for %s nodes but the allocation has %d: the runtime uses %d",
+                       wanted, have, have)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parsl_dragon.server.boot", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -219,9 +343,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     os.makedirs(args.block_dir, exist_ok=True)
     logging.basicConfig(filename=os.path.join(args.block_dir, "boot.log"), level=logging.INFO,
                         format="%(asctime)s boot %(process)d %(levelname)s %(message)s")
-    server_args = [a for a in args.server_args if a != "--"] + ["--launcher-pid", str(os.getpid())]
+    lock = take_block_lock(args.block_dir)
+    if lock is None:
+        message = (f"another boot of this block already runs (lock {args.block_dir}/boot.lock): the launcher "
+                   "started more than one copy; this one exits (use parsl_dragon.launchers.DragonLauncher)")
+        logger.error("%s", message)
+        print(f"parsl-dragon boot: {message}", file=sys.stderr)
+        return DUPLICATE_EXIT
+    server_args = resolve_server_args([a for a in args.server_args if a != "--"])
+    server_args += ["--launcher-pid", str(os.getpid())]
     token = uuid.uuid4().hex
-    env = block_environment(token)
+    env = block_environment(token, cleanup_shim(args.block_dir))
+    check_block_size(env)
+    logger.info("Block on %s: allocation of %d node(s) (0: none), launch mode %s", socket.gethostname(),
+                allocation_nodes(env), " ".join(launch_mode_args(env)))
     try:
         command = dragon_command(choose_transport(args.transport), env, server_args)
     except FileNotFoundError as exc:

@@ -256,3 +256,14 @@ def test_kill_leftovers_kills_carriers_only(spawn, caplog):
     with caplog.at_level(logging.WARNING, logger="parsl_dragon.server.boot"):
         assert boot.kill_leftovers(token) == []
     assert not caplog.records
+
+
+def test_cleanup_shim_shadows_the_user_wide_dragon_cleanup(tmp_path, monkeypatch):
+    import shutil
+    import subprocess
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    env = boot.block_environment("tok", boot.cleanup_shim(str(tmp_path)))
+    found = shutil.which("dragon-cleanup", path=env["PATH"])
+    assert found == str(tmp_path / "bin" / "dragon-cleanup")
+    done = subprocess.run([found, "--only-be"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and "skipped user-wide dragon-cleanup --only-be" in done.stderr

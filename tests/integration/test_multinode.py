@@ -1,0 +1,154 @@
+"""A 2-node DragonExecutor block on a 2-node Slurm cluster simulated with network namespaces.
+
+``scripts/slurm/multinode-up.sh`` builds the cluster (nodes ``node1``/``node2`` in their own
+network, UTS and mount namespaces; slurmctld and the clients in ``pdmn-ctl``). The Parsl
+driver must reach the nodes' addresses, which exist only inside those namespaces, so the
+test runs the driver (``drive()`` below) as a subprocess inside ``pdmn-ctl`` and checks
+its JSON report. The block is one Slurm job of 2 nodes; boot starts ``dragon -w slurm``,
+which puts Dragon's backend and our workers on both nodes.
+
+Slow (Dragon's multi-node start-up takes 20 s to minutes on 2 cores) and root-only.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.integration.test_slurm import REPO, VENV_BIN, job_processes, wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
+SCRIPTS = os.path.join(REPO, "scripts", "slurm")
+NODES = ["node1", "node2"]
+DRIVER_TIMEOUT = 1200
+
+
+# ---------------------------------------------------------------- the driver (runs inside pdmn-ctl)
+
+def drive(run_dir: str, report: str) -> None:
+    """Run a Parsl workflow on one 2-node block; write what happened to ``report`` (JSON)."""
+    import parsl
+    from parsl import bash_app, python_app
+    from parsl.config import Config
+    from parsl.providers import SlurmProvider
+
+    from parsl_dragon import DragonExecutor
+    from parsl_dragon.launchers import DragonLauncher
+
+    @python_app
+    def host(seconds):
+        import socket
+        import time
+        time.sleep(seconds)
+        return socket.gethostname()
+
+    @bash_app
+    def host_to(path):
+        return f"hostname > {path}"
+
+    provider = SlurmProvider(
+        partition=os.environ.get("PARSL_DRAGON_MN_PARTITION", "debug"), nodes_per_block=2, init_blocks=1,
+        min_blocks=0, max_blocks=1, walltime="00:20:00", launcher=DragonLauncher(), cmd_timeout=60,
+        worker_init=f"export PATH={VENV_BIN}:$PATH; export PYTHONPATH={REPO}")
+    # A 2-minute lease: with two runtimes' worth of busy-polling on 2 shared cores, a 20 s lease
+    # expired mid-run once (the server stopped with "lost the lease of owner client").
+    executor = DragonExecutor(provider=provider, workers_per_node=1, heartbeat_period=5.0, heartbeat_threshold=24,
+                              startup_timeout_ms=900_000, timeout_ms=120_000)
+    dfk = parsl.load(Config(executors=[executor], run_dir=run_dir, strategy_period=0.5))
+    result = {"hosts": [], "bash_host": None, "job_id": None, "startup_s": None, "error": None}
+    started = time.monotonic()
+    try:
+        result["hosts"].append(host(0).result(timeout=DRIVER_TIMEOUT))
+        result["startup_s"] = round(time.monotonic() - started, 1)
+        result["hosts"] += [f.result(timeout=300) for f in [host(2.0) for _ in range(8)]]
+        path = os.path.join(run_dir, "bash_host.txt")
+        host_to(path).result(timeout=300)
+        with open(path) as handle:
+            result["bash_host"] = handle.read().strip()
+    except Exception as exc:  # reported, then the test fails with the logs
+        result["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        result["job_id"] = next(iter(executor.blocks_to_job_id.values()), None)
+        dfk.cleanup()
+        parsl.clear()
+    with open(report, "w") as handle:
+        json.dump(result, handle)
+
+
+# ---------------------------------------------------------------- the test (runs where pytest runs)
+
+@pytest.fixture(scope="module")
+def mn_cluster():
+    """Start the namespace cluster (root only); stop it afterwards if this fixture started it."""
+    problem = None
+    if os.geteuid() != 0:
+        problem = "the namespace cluster needs root"
+    else:
+        up = subprocess.run(["bash", os.path.join(SCRIPTS, "multinode-up.sh")], capture_output=True, text=True,
+                            timeout=600)
+        if up.returncode != 0:
+            problem = f"scripts/slurm/multinode-up.sh failed:\n{up.stdout}\n{up.stderr}"
+    if problem:
+        if os.environ.get("CI") == "true":
+            pytest.fail(problem)
+        pytest.skip(problem)
+    env = dict(line.split("=", 1) for line in up.stdout.splitlines() if line.startswith("PARSL_DRAGON_MN_"))
+    yield env
+    if "] started" in up.stdout:
+        subprocess.run(["bash", os.path.join(SCRIPTS, "multinode-down.sh")], timeout=300)
+
+
+def _in_ctl(env, *command, **kwargs):
+    return subprocess.run(["nsenter", f"--net={env['PARSL_DRAGON_MN_NETNS']}", *command],
+                          env=dict(os.environ, SLURM_CONF=env["PARSL_DRAGON_MN_SLURM_CONF"]), **kwargs)
+
+
+def _node_shm(env, node):
+    """The files in a namespace node's own /dev/shm (entered through its slurmd's mount namespace)."""
+    pidfile = os.path.join(os.path.dirname(env["PARSL_DRAGON_MN_SLURM_CONF"]), f"slurmd-{node}.pid")
+    with open(pidfile) as handle:
+        pid = handle.read().strip()
+    out = subprocess.run(["nsenter", "-t", pid, "-m", "ls", "-A", "/dev/shm"], capture_output=True, text=True,
+                         timeout=30, check=True)
+    return out.stdout.split()
+
+
+def _logs(run_dir) -> str:
+    parts = []
+    for path in sorted(glob.glob(os.path.join(run_dir, "**", "*.log"), recursive=True)
+                       + glob.glob(os.path.join(run_dir, "**", "*.std*"), recursive=True)):
+        with open(path, errors="replace") as handle:
+            lines = [line for line in handle if line.strip()]
+        parts.append(f"--- {path}\n{''.join(lines[-40:])}")
+    return "\n".join(parts)
+
+
+@pytest.mark.timeout(DRIVER_TIMEOUT + 300)
+def test_two_node_block_runs_tasks_on_both_nodes(mn_cluster, no_leaks, tmp_path):
+    assert mn_cluster["PARSL_DRAGON_MN_NODES"].split(",") == NODES
+    run_dir, report = str(tmp_path / "runinfo"), tmp_path / "report.json"
+    shm_before = {node: set(_node_shm(mn_cluster, node)) for node in NODES}
+    driver = _in_ctl(mn_cluster, sys.executable, "-c",
+                     f"from tests.integration.test_multinode import drive; drive({run_dir!r}, {str(report)!r})",
+                     cwd=REPO, capture_output=True, text=True, timeout=DRIVER_TIMEOUT + 120)
+    assert driver.returncode == 0 and report.exists(), f"{driver.stdout[-2000:]}\n{driver.stderr[-4000:]}"
+    result = json.loads(report.read_text())
+    print(f"2-node block: first task after {result['startup_s']} s; hosts {result['hosts']}")
+    assert result["error"] is None, f"{result}\n{_logs(run_dir)}"
+    boot_log = glob.glob(os.path.join(run_dir, "*", "dragon", "block-0", "boot.log"))[0]
+    assert "launch mode -w slurm" in open(boot_log).read()
+    assert set(result["hosts"]) == set(NODES), f"tasks ran on {result['hosts']}"
+    assert result["bash_host"] in NODES
+    job_id = result["job_id"]
+    wait_until(lambda: not _in_ctl(mn_cluster, "squeue", "-h", "-j", job_id, capture_output=True,
+                                   text=True).stdout.strip(), 120, f"job {job_id} to leave the queue")
+    wait_until(lambda: not job_processes(job_id), 60, f"the processes of job {job_id} to go")
+    for node in NODES:
+        wait_until(lambda: not set(_node_shm(mn_cluster, node)) - shm_before[node], 60,
+                   f"the job's files in {node}'s /dev/shm to go")
