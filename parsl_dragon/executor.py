@@ -275,8 +275,12 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
             return None
 
     def _on_block_failed(self, launch: BlockLaunch, exc: DragonExecutorError) -> None:
+        """A block produced no usable server: FAILED if its job ended, else MISSING (the job
+        may run, but no server ever connected); cancel it; with nothing else left, fail all."""
         logger.error("%s", exc)
-        self._simulated_status[launch.block_id] = JobStatus(JobState.FAILED, str(exc))
+        job = self._job_status(launch)
+        state = JobState.FAILED if job is not None and job.state in TERMINAL_STATES else JobState.MISSING
+        self._simulated_status[launch.block_id] = JobStatus(state, str(exc))
         if launch.job_id is not None and self.provider is not None:
             self.provider.cancel([launch.job_id])  # no half-started server stays behind
         with self._lock:

@@ -63,6 +63,7 @@ def load_dfk(no_leaks, tmp_path):
     def _load(**executor_kwargs):
         dfk = parsl.load(dragon_config(tmp_path / "runinfo", **executor_kwargs))
         loaded.append(dfk)
+        _load.last = dfk
         return dfk
 
     yield _load

@@ -7,6 +7,7 @@ import parsl
 import pytest
 from parsl import python_app
 from parsl.executors.errors import BadStateException
+from parsl.jobs.states import JobState
 from parsl.providers import LocalProvider
 from parsl.launchers import SimpleLauncher, SrunLauncher
 
@@ -46,6 +47,7 @@ def test_startup_timeout_fails_tasks_with_log_location(load_dfk):
         future.result(timeout=60)
     message = str(info.value)
     assert "start-up timeout" in message and "startup_timeout_ms" in message
+    assert load_dfk.last.executors["dragon"].status()["0"].state == JobState.MISSING, "never connected: MISSING"
     assert "server.log" in message and "dragon.log" in message
     assert time.monotonic() - started < 30
 

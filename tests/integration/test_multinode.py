@@ -52,6 +52,10 @@ def drive(run_dir: str, report: str) -> None:
     def host_to(path):
         return f"hostname > {path}"
 
+    @bash_app
+    def rank_hosts(parsl_resource_specification={}, stdout=None):
+        return "$PARSL_MPI_PREFIX hostname"
+
     provider = SlurmProvider(
         partition=os.environ.get("PARSL_DRAGON_MN_PARTITION", "debug"), nodes_per_block=2, init_blocks=1,
         min_blocks=0, max_blocks=1, walltime="00:20:00", launcher=DragonLauncher(), cmd_timeout=60,
@@ -61,7 +65,8 @@ def drive(run_dir: str, report: str) -> None:
     executor = DragonExecutor(provider=provider, workers_per_node=1, heartbeat_period=5.0, heartbeat_threshold=24,
                               startup_timeout_ms=900_000, timeout_ms=120_000)
     dfk = parsl.load(Config(executors=[executor], run_dir=run_dir, strategy_period=0.5))
-    result = {"hosts": [], "bash_host": None, "job_id": None, "startup_s": None, "error": None}
+    result = {"hosts": [], "bash_host": None, "rank_hosts": None, "job_id": None, "startup_s": None,
+              "error": None}
     started = time.monotonic()
     try:
         result["hosts"].append(host(0).result(timeout=DRIVER_TIMEOUT))
@@ -71,6 +76,11 @@ def drive(run_dir: str, report: str) -> None:
         host_to(path).result(timeout=300)
         with open(path) as handle:
             result["bash_host"] = handle.read().strip()
+        ranks_out = os.path.join(run_dir, "rank_hosts.txt")
+        rank_hosts(parsl_resource_specification={"num_nodes": 2, "ranks_per_node": 1, "pmi": "none"},
+                   stdout=ranks_out).result(timeout=300)
+        with open(ranks_out) as handle:
+            result["rank_hosts"] = sorted(line.strip() for line in handle if line.startswith("[rank"))
     except Exception as exc:  # reported, then the test fails with the logs
         result["error"] = f"{type(exc).__name__}: {exc}"
     finally:
@@ -145,6 +155,8 @@ def test_two_node_block_runs_tasks_on_both_nodes(mn_cluster, no_leaks, tmp_path)
     assert "launch mode -w slurm" in open(boot_log).read()
     assert set(result["hosts"]) == set(NODES), f"tasks ran on {result['hosts']}"
     assert result["bash_host"] in NODES
+    assert sorted(line.split("] ")[1] for line in result["rank_hosts"]) == NODES, \
+        f"a num_nodes=2 task puts one rank on each node: {result['rank_hosts']}"
     job_id = result["job_id"]
     wait_until(lambda: not _in_ctl(mn_cluster, "squeue", "-h", "-j", job_id, capture_output=True,
                                    text=True).stdout.strip(), 120, f"job {job_id} to leave the queue")

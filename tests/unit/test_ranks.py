@@ -1,0 +1,82 @@
+"""RankLaunches: one thread per launch, replies to the service loop, and the start-up guard.
+
+The backend here is a stand-in object with ``run_ranks`` (the real one needs a Dragon
+runtime and is exercised by tests/integration/test_mpi.py); it lets a launch hang on
+purpose, which no real PMI path may be made to do on this machine.
+"""
+import threading
+import time
+
+from parsl_dragon import protocol as p
+from parsl_dragon.server.backend import RankJob, RankOutcome
+from parsl_dragon.server.ranks import RankLaunches, job_from
+
+
+class Backend:
+    def __init__(self, outcome=None, hang=False, fail=None):
+        self.outcome, self.hang, self.fail = outcome, hang, fail
+        self.release = threading.Event()
+
+    def run_ranks(self, job, on_started):
+        if self.fail:
+            raise self.fail
+        if self.hang:
+            self.release.wait(10)  # never calls on_started: a wedged wire-up
+            return RankOutcome([0], ["rank 0"])
+        on_started()
+        return self.outcome
+
+
+def job(task_id=7):
+    return RankJob(task_id=task_id, argv=["true"], cwd="/", env={}, hosts=["n1"], ranks_per_node=1,
+                   output_dir="/tmp/out-7")
+
+
+def wait_for_replies(launches, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        replies = launches.finished()
+        if replies:
+            return replies
+        time.sleep(0.02)
+    return []
+
+
+def test_completed_launch_is_answered_with_codes_and_labels():
+    launches = RankLaunches(Backend(RankOutcome([0, 3], ["rank 0", "rank 1"])))
+    launches.start(b"helper", job(), client_task_id=42)
+    [(identity, reply)] = wait_for_replies(launches)
+    assert identity == b"helper"
+    assert reply == p.RanksDone(task_id=7, exit_codes=[0, 3], labels=["rank 0", "rank 1"],
+                                output_dir="/tmp/out-7", error="")
+    assert launches.running() == 0
+
+
+def test_backend_exception_becomes_an_error_reply_not_a_crash():
+    launches = RankLaunches(Backend(fail=RuntimeError("pmi exploded")))
+    launches.start(b"helper", job(), client_task_id=1)
+    [(_, reply)] = wait_for_replies(launches)
+    assert reply.exit_codes == [] and "pmi exploded" in reply.error
+
+
+def test_launch_that_never_starts_is_answered_and_abandoned():
+    backend = Backend(hang=True)
+    launches = RankLaunches(backend, start_timeout=0.3)
+    launches.start(b"helper", job(), client_task_id=1)
+    [(_, reply)] = wait_for_replies(launches)
+    assert "did not start within" in reply.error and "abandoned" in reply.error
+    backend.release.set()  # the stuck thread finishes late: its result must not be sent again
+    time.sleep(0.3)
+    assert launches.finished() == [] and launches.running() == 0
+
+
+def test_job_from_uses_spec_and_placement():
+    message = p.LaunchRanks(task_id=9, argv=["./sim"], cwd="/w", env={"A": "1"})
+    spec = {"num_nodes": 2, "ranks_per_node": 4, "num_ranks": 8, "pmi": "none", "cpus_per_rank": 2,
+            "cpu_bind": True, "walltime": 30, "launcher_options": "--bind-to core"}
+    placement = {"hosts": ["n1", "n2"], "cores": [[0, 1, 2, 3, 4, 5, 6, 7]] * 2, "gpus": [[], []]}
+    built = job_from(message, spec, placement, "/out")
+    assert (built.hosts, built.ranks_per_node, built.pmi, built.cpus_per_rank) == (["n1", "n2"], 4, "none", 2)
+    assert built.cpu_bind and built.walltime == 30.0 and built.launcher_options == "--bind-to core"
+    assert built.env == {"A": "1"} and built.output_dir == "/out"
+    assert job_from(message, {"num_nodes": 1}, placement, "/o", default_pmi="mpiexec").pmi == "mpiexec"
