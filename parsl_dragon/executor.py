@@ -485,12 +485,12 @@ def _resolve(future: Future, result: p.TaskResult, payload: bytes) -> None:
             wrapper = deserialize(payload)
             try:
                 wrapper.reraise()
-            except Exception as exc:
+            except BaseException as exc:  # a SystemExit re-raised from a task must not escape
                 future.set_exception(exc)
         else:
             host = f" on host {result.host}" if result.host else ""
             future.set_exception(_failure(result.error_type, f"{result.error_type}{host}: {result.error}"))
     except InvalidStateError:
         pass
-    except Exception as exc:
+    except BaseException as exc:  # e.g. unpickling that raises SystemExit: fail this future only
         _set_exception(future, DeserializationError(f"result of task could not be deserialized: {exc!r}"))

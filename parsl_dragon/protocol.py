@@ -10,8 +10,10 @@ own serializer on the side that owns the task; control fields are JSON and are
 never unpickled. Messages with payloads (``SubmitTasks``, ``TaskResults``,
 ``Monitoring``) keep one payload per entry, in entry order.
 
-Decoding rules: a wrong version byte, invalid JSON, a missing ``type``, an unknown
-type, missing required fields or a payload count that does not match raise
+Decoding rules: a wrong version byte, invalid (or absurdly nested) JSON, a missing
+``type``, an unknown type, missing required fields, a field of the wrong JSON type
+(``int``/``float``/``str``/``bool``/list/object, as annotated; a float field accepts
+an integer, an int field never a boolean) or a payload count that does not match raise
 :class:`~parsl_dragon.errors.ProtocolError`. Unknown extra fields are logged and
 ignored, so a newer peer can add fields without breaking an older one.
 
@@ -24,9 +26,11 @@ the worker link: ``LaunchRanks`` -> ``RanksDone``.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
+import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Dict, List, Optional, Type
 
@@ -218,11 +222,30 @@ def encode(message: Message) -> List[bytes]:
     return [header, *payloads]
 
 
+_JSON_TYPES: Dict[Any, Any] = {int: int, float: (int, float), str: str, bool: bool, list: list, dict: dict}
+
+
+@functools.lru_cache(maxsize=None)
+def _field_types(cls: Type[Any]) -> Dict[str, Any]:
+    """Python types a JSON field of ``cls`` may hold (``Any`` fields are unchecked)."""
+    hints = typing.get_type_hints(cls)
+    types = {f.name: _JSON_TYPES.get(typing.get_origin(hints[f.name]) or hints[f.name]) for f in fields(cls)}
+    return {name: t for name, t in types.items() if t is not None and name != "payloads"}
+
+
+def _check_types(cls: Type[Any], data: Dict[str, Any], where: str) -> None:
+    for name, expected in _field_types(cls).items():
+        value = data.get(name)
+        if name in data and (not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool)):
+            raise ProtocolError(f"malformed {where}: field {name!r} has JSON type {type(value).__name__}")
+
+
 def _build(cls: Type[Any], data: Dict[str, Any], where: str) -> Any:
     names = {f.name for f in fields(cls)}
     extra = set(data) - names
     if extra:
-        logger.warning("Ignoring unknown fields %s in %s", sorted(extra), where)
+        logger.warning("Ignoring unknown fields %s in %s", sorted(extra)[:10], where)
+    _check_types(cls, data, where)
     try:
         return cls(**{k: v for k, v in data.items() if k in names})
     except TypeError as exc:
@@ -240,14 +263,14 @@ def decode(frames: List[bytes]) -> Message:
         raise ProtocolError(f"header of {len(header)} bytes exceeds {MAX_HEADER_BYTES}")
     try:
         body = json.loads(header[1:])
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError(f"header is not valid JSON: {exc}") from exc
     if not isinstance(body, dict) or not isinstance(body.get("type"), str):
         raise ProtocolError("header has no message type")
     name = body.pop("type")
     cls = Message.registry.get(name)
     if cls is None:
-        raise ProtocolError(f"unknown message type {name!r}")
+        raise ProtocolError(f"unknown message type {name[:64]!r}")
     for key, item_cls in _NESTED.items():
         if key in body and cls is not None and key in {f.name for f in fields(cls)}:
             if not isinstance(body[key], list) or not all(isinstance(i, dict) for i in body[key]):

@@ -274,6 +274,8 @@ class Server:
             client.last_seen = time.monotonic()
             handler = self._client_handlers.get(type(message))
             if handler is None:
+                logger.warning("Rejected %s from client %s: not a client message", type(message).__name__,
+                               client.client_id)
                 self._send_client(identity, p.ErrorReply(reason=f"unexpected {type(message).__name__}"))
             else:
                 handler(self, client, message)
@@ -300,8 +302,10 @@ class Server:
             spec = entry.spec if isinstance(entry.spec, dict) else {}
             try:
                 assignments += self.scheduler.submit(self._next_task, spec)
-            except InvalidResourceSpecification as exc:
-                self._fail_client_tasks(client.identity, [entry.task_id], "InvalidResourceSpecification", str(exc))
+            except Exception as exc:  # also a spec the driver never normalized (e.g. priority 10**400)
+                self._fail_client_tasks(client.identity, [entry.task_id], "InvalidResourceSpecification",
+                                        str(exc) if isinstance(exc, InvalidResourceSpecification)
+                                        else f"unusable resource specification: {exc!r}")
                 continue
             self.tasks[self._next_task] = _Task(client.identity, entry.task_id, spec, payload)
         self._dispatch(assignments)
@@ -352,13 +356,13 @@ class Server:
 
     def _on_worker_ready(self, identity: bytes, message: p.WorkerReady) -> None:
         worker_id = identity.decode()
-        self.worker_puids[worker_id] = message.puid
         logger.info("Worker %s ready on %s (pid %d, puid %d)", worker_id, message.host, message.pid, message.puid)
         try:
             assignments = self.scheduler.worker_ready(worker_id, message.host)
         except KeyError as exc:
             logger.warning("Ignoring worker %s: %s", worker_id, exc)
             return
+        self.worker_puids[worker_id] = message.puid  # only accepted workers: bounded, and no puid aliasing
         self._dispatch(assignments)
 
     def _on_worker_lost(self, worker_id: str, why: str) -> None:
@@ -381,15 +385,20 @@ class Server:
     def _on_task_results(self, message: p.TaskResults) -> None:
         assignments: List[Assignment] = []
         per_client: Dict[bytes, p.TaskResults] = {}
+        unroutable: List[int] = []
         for result, payload in zip(message.results, message.payloads):
             task = self.tasks.pop(result.task_id, None)
             assignments += self.scheduler.finished(result.task_id)
             if task is None or task.client not in self.clients:
-                continue  # client gone or duplicate reply: nothing to route
+                unroutable.append(result.task_id)  # unknown id, duplicate reply or client gone
+                continue
             batch = per_client.setdefault(task.client, p.TaskResults(results=[]))
             result.task_id = task.client_task_id
             batch.results.append(result)
             batch.payloads.append(payload)
+        if unroutable:
+            logger.warning("Dropped %d result(s) for unknown or finished tasks or departed clients: %s",
+                           len(unroutable), unroutable[:10])
         for identity, batch in per_client.items():
             self._send_client(identity, batch)
         self._dispatch(assignments)

@@ -50,6 +50,16 @@ def _with_rank_failure(wrapper, report: Optional[str]):
     return enriched
 
 
+def _exit_as_error(exc: SystemExit):
+    """A task's ``sys.exit()`` as an ordinary exception: re-raised on the driver, SystemExit itself
+    would escape the ``except Exception`` handlers of Parsl and leave the task's future unresolved."""
+    from parsl.app.errors import AppException
+
+    error = AppException(f"the task called sys.exit({exc.code!r})")
+    error.__cause__ = exc
+    return AppException, error, exc.__traceback__
+
+
 def run_task(payload: bytes, report: Optional[str] = None) -> Tuple[str, bytes, str]:
     """Execute one packed Parsl task; return (status, serialized outcome, error text)."""
     from parsl.app.errors import RemoteExceptionWrapper
@@ -59,9 +69,10 @@ def run_task(payload: bytes, report: Optional[str] = None) -> Tuple[str, bytes, 
     try:
         result = _with_rank_failure(execute_task(payload), report)
         return p.OK, serialize(result, buffer_threshold=1_000_000), ""
-    except (Exception, SystemExit):
+    except (Exception, SystemExit) as exc:
+        info = _exit_as_error(exc) if isinstance(exc, SystemExit) else sys.exc_info()
         try:
-            wrapper = _with_rank_failure(RemoteExceptionWrapper(*sys.exc_info()), report)
+            wrapper = _with_rank_failure(RemoteExceptionWrapper(*info), report)
             return p.EXCEPTION, serialize(wrapper), ""
         except Exception as exc:  # the exception itself could not be serialized
             return p.FAILED, b"", f"task raised an exception that could not be serialized: {exc!r}"
