@@ -69,6 +69,11 @@ class _Server:
     link: ServerLink
     block_id: Optional[str]
     tasks: Set[int] = field(default_factory=set)
+    nodes: List[NodeSlots] = field(default_factory=list)  # from the Welcome, for size checks
+
+    def __post_init__(self) -> None:
+        welcome = self.link.welcome
+        self.nodes = [NodeSlots(h, c, g) for h, c, g in zip(welcome.nodes, welcome.cores, welcome.gpus)]
 
 
 class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
@@ -295,11 +300,20 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         return any(s.block_id == block_id for s in self._servers.values())
 
     def _add_server(self, link: ServerLink, block_id: Optional[str]) -> None:
+        misfits = []
         with self._lock:
             self._servers[link.server_id] = _Server(link, block_id)
             pending, self._pending = self._pending, deque()
             for task_id, spec, payload in pending:
-                self._route(task_id, spec, payload)
+                try:
+                    candidates = self._fitting_servers(spec)
+                except InvalidResourceSpecification as exc:  # held before any server was known
+                    misfits.append((self._tasks.pop(task_id, None), exc))
+                    continue
+                self._route(task_id, spec, payload, candidates)
+        for future, exc in misfits:  # resolved outside the lock, like every other outcome
+            if future is not None:
+                _set_exception(future, exc)
 
     def scale_out_facade(self, n: int) -> List[str]:
         if self._attached or self._stopping:
@@ -343,16 +357,15 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         if not self._started or self._stopping:
             raise DragonExecutorError("executor is not running (start() not called or shut down)", self)
         spec = normalize_spec(resource_specification, default_pmi=self.pmi)
-        with self._lock:
-            self._fitting_servers(spec)  # a request larger than every block fails here, at submit
         payload = pack_apply_message(func, args, kwargs, buffer_threshold=BUFFER_THRESHOLD)
         future: Future = Future()
         with self._lock:
+            candidates = self._fitting_servers(spec)  # a request larger than every block fails here
             self._task_counter += 1
             task_id = self._task_counter
             future.parsl_executor_task_id = task_id  # type: ignore[attr-defined]
             self._tasks[task_id] = future
-            self._route(task_id, spec, payload)
+            self._route(task_id, spec, payload, candidates)
         return future
 
     def _fitting_servers(self, spec: Dict[str, Any]) -> List[_Server]:
@@ -360,10 +373,8 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         servers = list(self._servers.values())
         fitting, error = [], None
         for server in servers:
-            welcome = server.link.welcome
-            nodes = [NodeSlots(h, c, g) for h, c, g in zip(welcome.nodes, welcome.cores, welcome.gpus)]
             try:
-                check_fits(spec, nodes)
+                check_fits(spec, server.nodes)
                 fitting.append(server)
             except InvalidResourceSpecification as exc:
                 error = exc
@@ -371,9 +382,9 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
             raise error
         return fitting
 
-    def _route(self, task_id: int, spec: Dict[str, Any], payload: bytes) -> None:
-        """Send to the fitting server with the lowest load per worker (lock held)."""
-        candidates = self._fitting_servers(spec) if self._servers else []
+    def _route(self, task_id: int, spec: Dict[str, Any], payload: bytes, candidates: List[_Server]) -> None:
+        """Send to the candidate server with the lowest load per worker, or hold the task
+        until a server connects (lock held; ``candidates`` from ``_fitting_servers``)."""
         if not candidates:
             self._pending.append((task_id, spec, payload))
             return

@@ -1,0 +1,52 @@
+"""DragonExecutor routing without a runtime: held tasks, size checks when a server connects."""
+from concurrent.futures import Future
+
+import pytest
+from parsl.executors.errors import InvalidResourceSpecification
+
+from parsl_dragon import protocol as p
+from parsl_dragon.client import ServerLink
+from parsl_dragon.executor import DragonExecutor
+
+
+class RecordingClient:
+    def __init__(self):
+        self.sent = []
+
+    def send_task(self, server_id, entry, payload):
+        self.sent.append((server_id, entry.task_id))
+
+
+def link(server_id="s1", nodes=("n1",), cores=(4,)):
+    welcome = p.Welcome(server_id=server_id, host="n1", parsl_version="x", python_version="3.11",
+                        nodes=list(nodes), workers=1, cores=list(cores), gpus=[0] * len(nodes))
+    return ServerLink(info=None, welcome=welcome, owner=True, socket=None)
+
+
+def held(executor, task_id, spec):
+    future = Future()
+    executor._tasks[task_id] = future
+    executor._pending.append((task_id, spec, b"payload"))
+    return future
+
+
+def test_held_task_too_large_for_the_new_server_fails_and_the_rest_are_sent():
+    executor = DragonExecutor()
+    executor._client = RecordingClient()
+    too_big = held(executor, 1, {"num_nodes": 2, "ranks_per_node": 1, "num_ranks": 2, "pmi": "none"})
+    fine = held(executor, 2, {})
+    executor._add_server(link(), block_id="0")
+    with pytest.raises(InvalidResourceSpecification, match="num_nodes"):
+        too_big.result(timeout=1)
+    assert not fine.done() and executor._client.sent == [("s1", 2)]
+    assert 1 not in executor._tasks and not executor._pending
+
+
+def test_task_goes_to_a_server_where_it_fits():
+    executor = DragonExecutor()
+    executor._client = RecordingClient()
+    executor._add_server(link("small", cores=(1,)), block_id="0")
+    executor._add_server(link("big", cores=(8,)), block_id="1")
+    spec = {"num_nodes": 1, "ranks_per_node": 4, "num_ranks": 4, "pmi": "none"}
+    executor._route(7, spec, b"", executor._fitting_servers(spec))
+    assert executor._client.sent == [("big", 7)]
