@@ -110,6 +110,10 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         (``PARSL_DRAGON_TIMEOUT``, default 30000; -1 waits forever).
     key_path : str, optional
         CURVE key directory (``PARSL_DRAGON_KEY_PATH``, default ``~/.parsl_dragon/keys``).
+    rank_startup_timeout_ms : int, optional
+        Time an MPI task's ranks may take to start before the server answers the launch
+        with an error and abandons it (``PARSL_DRAGON_RANK_STARTUP_TIMEOUT``, default
+        60000, plus 10 ms per rank; -1 waits forever). Guards against PMI wire-ups that hang.
     heartbeat_period, heartbeat_threshold :
         Leases both ways: a peer silent for period x threshold seconds is lost.
     address : str, optional
@@ -123,7 +127,8 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
                  pmi: str = "mpiexec",
                  server_path: Optional[str] = None, transport: Optional[str] = None,
                  startup_timeout_ms: Optional[int] = None, timeout_ms: Optional[int] = None,
-                 key_path: Optional[str] = None, heartbeat_period: Union[int, float] = 5.0,
+                 key_path: Optional[str] = None, rank_startup_timeout_ms: Optional[int] = None,
+                 heartbeat_period: Union[int, float] = 5.0,
                  heartbeat_threshold: int = 3, address: Optional[str] = None, worker_debug: bool = False,
                  block_error_handler: Union[bool, Callable] = True,
                  remote_monitoring_radio: Optional[RadioConfig] = None) -> None:
@@ -147,6 +152,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         self.startup_timeout_ms = startup_timeout_ms
         self.timeout_ms = timeout_ms
         self.key_path = key_path
+        self.rank_startup_timeout_ms = rank_startup_timeout_ms
         self.heartbeat_period = float(heartbeat_period)
         self.heartbeat_threshold = heartbeat_threshold
         self.address = address
@@ -178,7 +184,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         """Resolve settings, prepare keys, then attach to a shared server or launch blocks."""
         self.settings = resolve_settings(
             server_path=self.server_path, transport=self.transport, startup_timeout_ms=self.startup_timeout_ms,
-            timeout_ms=self.timeout_ms, key_path=self.key_path)
+            timeout_ms=self.timeout_ms, key_path=self.key_path, rank_startup_timeout_ms=self.rank_startup_timeout_ms)
         if self.provider is not None:
             check_launcher(getattr(self.provider, "launcher", None), getattr(self.provider, "nodes_per_block", None))
         client_keys = security.load_pair(self.settings.key_path, security.CLIENT)
@@ -235,6 +241,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
                                 "host_address": self._host_address(), "default_pmi": self.pmi,
                                 "heartbeat_period": self.heartbeat_period,
                                 "heartbeat_threshold": self.heartbeat_threshold,
+                                "rank_startup_timeout": _seconds_or_forever(self.settings.rank_startup_timeout_s),
                                 "workers_per_node": self.workers_per_node_arg,
                                 "cores_per_node": self.cores_per_node, "debug": self.worker_debug})
 
@@ -478,6 +485,11 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         for future in left:
             _set_exception(future, DragonExecutorError("executor shut down before the task finished", self))
         logger.info("DragonExecutor %s shut down", self.label)
+
+
+def _seconds_or_forever(seconds: Optional[float]) -> float:
+    """A server flag's value: seconds, or -1 for "wait forever"."""
+    return -1 if seconds is None else seconds
 
 
 def _set_exception(future: Future, exc: BaseException) -> None:

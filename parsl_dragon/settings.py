@@ -21,9 +21,14 @@ ENV_TRANSPORT = "PARSL_DRAGON_TRANSPORT"
 ENV_STARTUP_TIMEOUT = "PARSL_DRAGON_STARTUP_TIMEOUT"
 ENV_TIMEOUT = "PARSL_DRAGON_TIMEOUT"
 ENV_KEY_PATH = "PARSL_DRAGON_KEY_PATH"
+ENV_RANK_STARTUP_TIMEOUT = "PARSL_DRAGON_RANK_STARTUP_TIMEOUT"
 
 DEFAULT_STARTUP_TIMEOUT_MS = 300_000
 DEFAULT_TIMEOUT_MS = 30_000
+# Base time for an MPI task's ranks to start (the server adds RANK_STARTUP_MS_PER_RANK per
+# rank): ProcessGroup start-up grows with the rank count and the node count.
+DEFAULT_RANK_STARTUP_TIMEOUT_MS = 60_000
+RANK_STARTUP_MS_PER_RANK = 10
 TRANSPORTS = ("hsta", "tcp", "auto")
 DEFAULT_TRANSPORT = "auto"
 
@@ -77,6 +82,7 @@ class Settings:
     startup_timeout_ms: int
     timeout_ms: int
     key_path: str
+    rank_startup_timeout_ms: int = DEFAULT_RANK_STARTUP_TIMEOUT_MS
 
     @property
     def timeout_s(self) -> Optional[float]:
@@ -88,10 +94,16 @@ class Settings:
         """``startup_timeout_ms`` in seconds; ``None`` means wait forever."""
         return None if self.startup_timeout_ms == -1 else self.startup_timeout_ms / 1000.0
 
+    @property
+    def rank_startup_timeout_s(self) -> Optional[float]:
+        """``rank_startup_timeout_ms`` in seconds; ``None`` means wait forever."""
+        return None if self.rank_startup_timeout_ms == -1 else self.rank_startup_timeout_ms / 1000.0
+
 
 def resolve_settings(*, server_path: Optional[str] = None, transport: Optional[str] = None,
                      startup_timeout_ms: Optional[int] = None, timeout_ms: Optional[int] = None,
-                     key_path: Optional[str] = None, env: Optional[Mapping[str, str]] = None) -> Settings:
+                     key_path: Optional[str] = None, rank_startup_timeout_ms: Optional[int] = None,
+                     env: Optional[Mapping[str, str]] = None) -> Settings:
     """Apply argument > environment > default to every setting and validate each one."""
     env = os.environ if env is None else env
     settings = Settings(
@@ -101,6 +113,9 @@ def resolve_settings(*, server_path: Optional[str] = None, transport: Optional[s
                                     DEFAULT_STARTUP_TIMEOUT_MS, parse_timeout_ms, "startup_timeout_ms"),
         timeout_ms=_resolve(timeout_ms, env, ENV_TIMEOUT, DEFAULT_TIMEOUT_MS, parse_timeout_ms, "timeout_ms"),
         key_path=_resolve(key_path, env, ENV_KEY_PATH, default_key_path(), _path, "key_path"),
+        rank_startup_timeout_ms=_resolve(rank_startup_timeout_ms, env, ENV_RANK_STARTUP_TIMEOUT,
+                                         DEFAULT_RANK_STARTUP_TIMEOUT_MS, parse_timeout_ms,
+                                         "rank_startup_timeout_ms"),
     )
     logger.debug("Resolved settings: %s", settings)
     return settings

@@ -16,6 +16,7 @@ import sys
 from typing import List, Optional
 
 from parsl_dragon import security
+from parsl_dragon.server.ranks import START_TIMEOUT_SECONDS
 from parsl_dragon.server.service import Server, ServerOptions
 
 logger = logging.getLogger("parsl_dragon.server")
@@ -35,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--heartbeat-period", type=float, default=5.0)
     parser.add_argument("--heartbeat-threshold", type=int, default=3)
     parser.add_argument("--idle-timeout", type=float, default=300.0, help="seconds to wait for the owner; <0: forever")
+    parser.add_argument("--rank-startup-timeout", type=float, default=START_TIMEOUT_SECONDS,
+                        help="seconds an MPI task's ranks may take to start, plus 10 ms per rank; <0: forever")
     parser.add_argument("--job-id", default=None)
     parser.add_argument("--block-id", default=None)
     parser.add_argument("--launcher-pid", type=int, default=None)
@@ -70,7 +73,8 @@ def options_from(args: argparse.Namespace) -> ServerOptions:
         cores_per_node=args.cores_per_node, default_pmi=args.default_pmi,
         heartbeat_period=args.heartbeat_period, heartbeat_threshold=args.heartbeat_threshold,
         idle_timeout=None if args.idle_timeout < 0 else args.idle_timeout,
-        job_id=args.job_id, block_id=args.block_id, launcher_pid=args.launcher_pid)
+        job_id=args.job_id, block_id=args.block_id, launcher_pid=args.launcher_pid,
+        rank_startup_timeout=None if args.rank_startup_timeout < 0 else args.rank_startup_timeout)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -5,9 +5,11 @@ link; the service turns it into a :class:`~parsl_dragon.server.backend.RankJob` 
 task's placement and calls :meth:`RankLaunches.start`. Each launch runs the backend's
 ``run_ranks`` in its own thread (a Dragon ProcessGroup object stays in the thread that
 made it). The service loop calls :meth:`RankLaunches.finished` every pass and replies
-``RanksDone``. A launch that has not started its ranks within ``start_timeout`` seconds
-(e.g. a PMI wire-up that hangs) is answered with an error and abandoned, so no task can
-wedge the server.
+``RanksDone``. A launch that has not started its ranks within ``start_timeout`` seconds plus
+``per_rank`` seconds for each of its ranks (e.g. a PMI wire-up that hangs) is answered with
+an error and abandoned, so no task can wedge the server. ``start_timeout`` comes from the
+executor's ``rank_startup_timeout_ms`` (``PARSL_DRAGON_RANK_STARTUP_TIMEOUT``); ``None``
+waits forever.
 """
 from __future__ import annotations
 
@@ -20,10 +22,12 @@ from typing import Dict, List, Optional, Tuple
 
 from parsl_dragon import protocol as p
 from parsl_dragon.server.backend import RankJob, RankOutcome  # dataclasses; dragon is imported lazily
+from parsl_dragon.settings import DEFAULT_RANK_STARTUP_TIMEOUT_MS, RANK_STARTUP_MS_PER_RANK
 
 logger = logging.getLogger(__name__)
 
-START_TIMEOUT_SECONDS = 60.0
+START_TIMEOUT_SECONDS = DEFAULT_RANK_STARTUP_TIMEOUT_MS / 1000.0
+PER_RANK_SECONDS = RANK_STARTUP_MS_PER_RANK / 1000.0
 
 
 @dataclass
@@ -33,6 +37,7 @@ class _Launch:
     task_id: int
     client_task_id: int
     begun: float
+    limit: Optional[float]  # seconds the ranks may take to start; None: no limit
     started: bool = False
     answered: bool = False
 
@@ -40,21 +45,28 @@ class _Launch:
 class RankLaunches:
     """In-flight launches and their replies."""
 
-    def __init__(self, backend, start_timeout: float = START_TIMEOUT_SECONDS) -> None:
+    def __init__(self, backend, start_timeout: Optional[float] = START_TIMEOUT_SECONDS,
+                 per_rank: float = PER_RANK_SECONDS) -> None:
         self.backend = backend
         self.start_timeout = start_timeout
+        self.per_rank = per_rank
         self._launches: Dict[int, _Launch] = {}
         self._done: "queue.Queue[Tuple[int, object]]" = queue.Queue()
         self._next = 0
 
     def start(self, identity: bytes, job, client_task_id: int) -> None:
         self._next += 1
-        launch = _Launch(self._next, identity, job.task_id, client_task_id, time.monotonic())
+        launch = _Launch(self._next, identity, job.task_id, client_task_id, time.monotonic(),
+                         self.start_limit(len(job.hosts) * job.ranks_per_node))
         self._launches[launch.key] = launch
         logger.info("Launching ranks of task %d (client task %d): %s on %s, pmi=%s", job.task_id,
                     client_task_id, job.argv, job.hosts, job.pmi)
         threading.Thread(target=self._run, args=(launch, job), daemon=True,
                          name=f"ranks-{job.task_id}-{launch.key}").start()
+
+    def start_limit(self, ranks: int) -> Optional[float]:
+        """Seconds a launch of ``ranks`` ranks may take to start: base + per-rank allowance."""
+        return None if self.start_timeout is None else self.start_timeout + self.per_rank * ranks
 
     def _run(self, launch: _Launch, job) -> None:
         def on_started() -> None:
@@ -86,14 +98,16 @@ class RankLaunches:
         now = time.monotonic()
         replies = []
         for launch in self._launches.values():
-            if not launch.started and not launch.answered and now - launch.begun > self.start_timeout:
-                launch.answered = True
-                logger.error("Ranks of task %d did not start within %.0fs; abandoning the launch",
-                             launch.task_id, self.start_timeout)
-                replies.append((launch.identity, p.RanksDone(
-                    task_id=launch.task_id, exit_codes=[], labels=[],
-                    error=f"the ranks did not start within {self.start_timeout:.0f}s (PMI wire-up hung?); "
-                          "the launch was abandoned")))
+            if launch.started or launch.answered or launch.limit is None or now - launch.begun <= launch.limit:
+                continue
+            launch.answered = True
+            logger.error("Ranks of task %d did not start within %.1fs; abandoning the launch",
+                         launch.task_id, launch.limit)
+            replies.append((launch.identity, p.RanksDone(
+                task_id=launch.task_id, exit_codes=[], labels=[],
+                error=f"the ranks did not start within {launch.limit:.1f}s (PMI wire-up hung, or a slow "
+                      "start: raise rank_startup_timeout_ms / PARSL_DRAGON_RANK_STARTUP_TIMEOUT); "
+                      "the launch was abandoned")))
         return replies
 
     def running(self) -> int:

@@ -37,7 +37,7 @@ from parsl_dragon.placement import NodeSlots
 from parsl_dragon.scheduler import Assignment, TaskScheduler
 from parsl_dragon.security import KeyPair, ephemeral_pair, make_curve_server
 from parsl_dragon.server.auth import CLIENT_DOMAIN, WORKER_DOMAIN, start_authenticator
-from parsl_dragon.server.ranks import RankLaunches, job_from
+from parsl_dragon.server.ranks import START_TIMEOUT_SECONDS, RankLaunches, job_from
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class ServerOptions:
     job_id: Optional[str] = None
     block_id: Optional[str] = None
     launcher_pid: Optional[int] = None
+    rank_startup_timeout: Optional[float] = START_TIMEOUT_SECONDS  # + a per-rank allowance; None: no limit
     cwd: str = field(default_factory=os.getcwd)
 
 
@@ -94,7 +95,7 @@ class Server:
         self.clients: Dict[bytes, _Client] = {}
         self.tasks: Dict[int, _Task] = {}
         self.worker_puids: Dict[str, int] = {}
-        self.rank_launches = RankLaunches(backend)
+        self.rank_launches = RankLaunches(backend, start_timeout=options.rank_startup_timeout)
         self._next_task = 0
         self._launch_seq = 0
         self._stopping = ""

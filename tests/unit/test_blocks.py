@@ -11,7 +11,8 @@ def launch(tmp_path):
 def test_boot_command_names_every_setting_and_quotes_paths(tmp_path):
     text = boot_command(launch(tmp_path), "/keys", "tcp", 300.0,
                         {"host_address": "auto", "workers_per_node": None, "cores_per_node": 8,
-                         "debug": True, "heartbeat_period": 2.0}, python="/venv/bin/python")
+                         "debug": True, "heartbeat_period": 2.0, "rank_startup_timeout": -1},
+                        python="/venv/bin/python")
     argv = shlex.split(text)
     assert argv[:3] == ["/venv/bin/python", "-m", "parsl_dragon.server.boot"]
     assert argv[argv.index("--block-dir") + 1] == str(tmp_path / "block 3"), "a path with a space stays one word"
@@ -22,6 +23,7 @@ def test_boot_command_names_every_setting_and_quotes_paths(tmp_path):
     assert server[server.index("--idle-timeout") + 1] == "300.0"
     assert server[server.index("--cores-per-node") + 1] == "8"
     assert server[server.index("--heartbeat-period") + 1] == "2.0"
+    assert server[server.index("--rank-startup-timeout") + 1] == "-1"
     assert "--debug" in server and "--workers-per-node" not in server
 
 

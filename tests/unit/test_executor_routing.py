@@ -50,3 +50,19 @@ def test_task_goes_to_a_server_where_it_fits():
     spec = {"num_nodes": 1, "ranks_per_node": 4, "num_ranks": 4, "pmi": "none"}
     executor._route(7, spec, b"", executor._fitting_servers(spec))
     assert executor._client.sent == [("big", 7)]
+
+
+def test_block_command_carries_the_rank_startup_timeout(tmp_path, monkeypatch):
+    import shlex
+
+    from parsl_dragon.settings import ENV_RANK_STARTUP_TIMEOUT, resolve_settings
+
+    monkeypatch.setenv(ENV_RANK_STARTUP_TIMEOUT, "-1")
+    executor = DragonExecutor(rank_startup_timeout_ms=450_000)
+    executor.run_dir = str(tmp_path)
+    executor.settings = resolve_settings(rank_startup_timeout_ms=executor.rank_startup_timeout_ms)
+    argv = shlex.split(executor._get_launch_command("0"))
+    assert argv[argv.index("--rank-startup-timeout") + 1] == "450.0", "the argument beats the variable"
+    executor.settings = resolve_settings()
+    argv = shlex.split(executor._get_launch_command("1"))
+    assert argv[argv.index("--rank-startup-timeout") + 1] == "-1", "the variable's -1 means wait forever"

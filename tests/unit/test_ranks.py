@@ -27,9 +27,9 @@ class Backend:
         return self.outcome
 
 
-def job(task_id=7):
-    return RankJob(task_id=task_id, argv=["true"], cwd="/", env={}, hosts=["n1"], ranks_per_node=1,
-                   output_dir="/tmp/out-7")
+def job(task_id=7, hosts=("n1",), ranks_per_node=1):
+    return RankJob(task_id=task_id, argv=["true"], cwd="/", env={}, hosts=list(hosts),
+                   ranks_per_node=ranks_per_node, output_dir="/tmp/out-7")
 
 
 def wait_for_replies(launches, timeout=5.0):
@@ -68,6 +68,39 @@ def test_launch_that_never_starts_is_answered_and_abandoned():
     backend.release.set()  # the stuck thread finishes late: its result must not be sent again
     time.sleep(0.3)
     assert launches.finished() == [] and launches.running() == 0
+
+
+def test_start_limit_grows_with_the_rank_count():
+    launches = RankLaunches(Backend(), start_timeout=60.0, per_rank=0.01)
+    assert launches.start_limit(1) == 60.01
+    assert launches.start_limit(10_000) == 160.0
+    assert RankLaunches(Backend(), start_timeout=None).start_limit(10_000) is None
+
+
+def test_a_larger_launch_gets_longer_before_it_is_abandoned():
+    small, large = Backend(hang=True), Backend(hang=True)
+    small_launches = RankLaunches(small, start_timeout=0.2, per_rank=0.1)
+    large_launches = RankLaunches(large, start_timeout=0.2, per_rank=0.1)
+    small_launches.start(b"h", job(), client_task_id=1)                                   # 0.3 s
+    large_launches.start(b"h", job(hosts=["n1", "n2"], ranks_per_node=4), client_task_id=2)  # 1.0 s
+    [(_, reply)] = wait_for_replies(small_launches, timeout=0.8)
+    assert "did not start within 0.3s" in reply.error
+    assert large_launches.finished() == [], "8 ranks are not abandoned after the 1-rank limit"
+    [(_, reply)] = wait_for_replies(large_launches, timeout=3.0)
+    assert "did not start within 1.0s" in reply.error and "PARSL_DRAGON_RANK_STARTUP_TIMEOUT" in reply.error
+    small.release.set()
+    large.release.set()
+
+
+def test_no_limit_never_abandons_a_slow_launch():
+    backend = Backend(hang=True)
+    launches = RankLaunches(backend, start_timeout=None)
+    launches.start(b"h", job(), client_task_id=1)
+    time.sleep(0.5)
+    assert launches.finished() == [] and launches.running() == 1
+    backend.release.set()  # the hanging stand-in then returns rank 0's outcome
+    [(_, reply)] = wait_for_replies(launches)
+    assert reply.exit_codes == [0] and reply.error == ""
 
 
 def test_job_from_uses_spec_and_placement():

@@ -60,6 +60,7 @@ CASES = [
     ("transport", s.ENV_TRANSPORT, "hsta", "tcp", "hsta", "tcp", "auto"),
     ("startup_timeout_ms", s.ENV_STARTUP_TIMEOUT, 1000, "2000", 1000, 2000, 300000),
     ("timeout_ms", s.ENV_TIMEOUT, 500, "700", 500, 700, 30000),
+    ("rank_startup_timeout_ms", s.ENV_RANK_STARTUP_TIMEOUT, 900, "1200", 900, 1200, 60000),
     ("key_path", s.ENV_KEY_PATH, "/arg/keys", "/env/keys", "/arg/keys", "/env/keys",
      os.path.join(os.path.expanduser("~"), ".parsl_dragon", "keys")),
     ("server_path", s.ENV_SERVER_PATH, "/arg/server", "/env/server", "/arg/server", "/env/server", None),
@@ -126,6 +127,12 @@ def test_minus_one_from_environment_means_forever():
     assert result.startup_timeout_s is None
 
 
+def test_rank_startup_timeout_in_seconds_and_forever():
+    assert s.resolve_settings(env={}).rank_startup_timeout_s == 60.0
+    assert s.resolve_settings(env={}, rank_startup_timeout_ms=2500).rank_startup_timeout_s == 2.5
+    assert s.resolve_settings(env={s.ENV_RANK_STARTUP_TIMEOUT: "-1"}).rank_startup_timeout_s is None
+
+
 def test_timeouts_converted_to_seconds():
     result = s.resolve_settings(env={}, timeout_ms=1500, startup_timeout_ms=1)
     assert result.timeout_s == 1.5
@@ -161,7 +168,8 @@ def test_settings_are_frozen():
 
 @pytest.mark.parametrize("value", [0, -5, "abc", "1.5", "", -2])
 @pytest.mark.parametrize("arg,var", [("timeout_ms", s.ENV_TIMEOUT),
-                                     ("startup_timeout_ms", s.ENV_STARTUP_TIMEOUT)])
+                                     ("startup_timeout_ms", s.ENV_STARTUP_TIMEOUT),
+                                     ("rank_startup_timeout_ms", s.ENV_RANK_STARTUP_TIMEOUT)])
 def test_invalid_timeout_argument_names_the_argument(arg, var, value):
     with pytest.raises(ConfigurationError) as info:
         s.resolve_settings(env={}, **{arg: value})
@@ -171,7 +179,7 @@ def test_invalid_timeout_argument_names_the_argument(arg, var, value):
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "abc", "1.5", "30s"])
-@pytest.mark.parametrize("var", [s.ENV_TIMEOUT, s.ENV_STARTUP_TIMEOUT])
+@pytest.mark.parametrize("var", [s.ENV_TIMEOUT, s.ENV_STARTUP_TIMEOUT, s.ENV_RANK_STARTUP_TIMEOUT])
 def test_invalid_timeout_variable_names_the_variable(var, value):
     with pytest.raises(ConfigurationError) as info:
         s.resolve_settings(env={var: value})

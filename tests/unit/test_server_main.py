@@ -1,0 +1,25 @@
+"""The server's command line (server/main.py): flags become ServerOptions."""
+import os
+
+from parsl_dragon import security
+from parsl_dragon.server import main
+
+
+def options(tmp_path, *extra):
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    security.load_pair(str(keys), security.CLIENT)
+    security.load_pair(str(keys), security.SERVER)
+    args = main.build_parser().parse_args(["--connection-file", str(tmp_path / "c.json"), "--log-file",
+                                           str(tmp_path / "s.log"), "--key-dir", str(keys), *extra])
+    return main.options_from(args)
+
+
+def test_rank_startup_timeout_defaults_to_the_settings_default(tmp_path):
+    assert options(tmp_path).rank_startup_timeout == 60.0
+
+
+def test_rank_startup_timeout_flag_and_forever(tmp_path):
+    assert options(tmp_path, "--rank-startup-timeout", "900").rank_startup_timeout == 900.0
+    os.rename(tmp_path / "keys", tmp_path / "old-keys")
+    assert options(tmp_path, "--rank-startup-timeout", "-1").rank_startup_timeout is None
