@@ -376,8 +376,10 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         return future
 
     def _fitting_servers(self, spec: Dict[str, Any]) -> List[_Server]:
-        """Connected servers whose nodes can hold the task; InvalidResourceSpecification if none can."""
-        servers = list(self._servers.values())
+        """Connected servers whose nodes can hold the task; InvalidResourceSpecification if none can.
+        A server that said it is stopping takes no new task: with no other server the task is held
+        for the next block (the strategy starts one; a bad state fails it)."""
+        servers = [s for s in self._servers.values() if not s.link.stopping]
         fitting, error = [], None
         for server in servers:
             try:

@@ -66,3 +66,15 @@ def test_block_command_carries_the_rank_startup_timeout(tmp_path, monkeypatch):
     executor.settings = resolve_settings()
     argv = shlex.split(executor._get_launch_command("1"))
     assert argv[argv.index("--rank-startup-timeout") + 1] == "-1", "the variable's -1 means wait forever"
+
+
+def test_a_stopping_server_takes_no_new_task_which_waits_for_the_next_server():
+    executor = DragonExecutor()
+    executor._client = RecordingClient()
+    dying = link("dying")
+    executor._add_server(dying, block_id="0")
+    dying.stopping = "server stopping: signal SIGTERM"
+    executor._route(1, {}, b"", executor._fitting_servers({}))
+    assert executor._client.sent == [] and [t for t, _, _ in executor._pending] == [1], "held, not lost"
+    executor._add_server(link("next"), block_id="1")
+    assert executor._client.sent == [("next", 1)] and not executor._pending
