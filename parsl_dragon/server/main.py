@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--idle-timeout", type=float, default=300.0, help="seconds to wait for the owner; <0: forever")
     parser.add_argument("--rank-startup-timeout", type=float, default=START_TIMEOUT_SECONDS,
                         help="seconds an MPI task's ranks may take to start, plus 10 ms per rank; <0: forever")
-    parser.add_argument("--job-id", default=None)
+    parser.add_argument("--job-id", default=None,
+                        help="batch job id for the connection file (default: $SLURM_JOB_ID or $PBS_JOBID)")
     parser.add_argument("--block-id", default=None)
     parser.add_argument("--launcher-pid", type=int, default=None)
     parser.add_argument("--debug", action="store_true")
@@ -64,6 +65,11 @@ def resolve_host_address(value: str) -> str:
         return "127.0.0.1"
 
 
+def batch_job_id(env) -> Optional[str]:
+    """The allocation this server runs in (Slurm or PBS), None outside one."""
+    return env.get("SLURM_JOB_ID") or env.get("PBS_JOBID") or None
+
+
 def options_from(args: argparse.Namespace) -> ServerOptions:
     server_keys = security.load_pair(args.key_dir, security.SERVER, create=False)
     trusted = [security.load_public(args.key_dir, security.CLIENT)] + [k.encode() for k in args.trust]
@@ -73,7 +79,7 @@ def options_from(args: argparse.Namespace) -> ServerOptions:
         cores_per_node=args.cores_per_node, default_pmi=args.default_pmi,
         heartbeat_period=args.heartbeat_period, heartbeat_threshold=args.heartbeat_threshold,
         idle_timeout=None if args.idle_timeout < 0 else args.idle_timeout,
-        job_id=args.job_id, block_id=args.block_id, launcher_pid=args.launcher_pid,
+        job_id=args.job_id or batch_job_id(os.environ), block_id=args.block_id, launcher_pid=args.launcher_pid,
         rank_startup_timeout=None if args.rank_startup_timeout < 0 else args.rank_startup_timeout)
 
 

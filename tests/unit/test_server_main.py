@@ -23,3 +23,13 @@ def test_rank_startup_timeout_flag_and_forever(tmp_path):
     assert options(tmp_path, "--rank-startup-timeout", "900").rank_startup_timeout == 900.0
     os.rename(tmp_path / "keys", tmp_path / "old-keys")
     assert options(tmp_path, "--rank-startup-timeout", "-1").rank_startup_timeout is None
+
+
+def test_job_id_comes_from_the_allocation_unless_given(tmp_path, monkeypatch):
+    monkeypatch.delenv("PBS_JOBID", raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    assert options(tmp_path).job_id == "4242"
+    os.rename(tmp_path / "keys", tmp_path / "old-keys")
+    assert options(tmp_path, "--job-id", "7").job_id == "7"
+    assert main.batch_job_id({"PBS_JOBID": "12.pbs"}) == "12.pbs"
+    assert main.batch_job_id({}) is None
