@@ -47,11 +47,13 @@ def _require_dragon():
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def dragon_config(run_dir, **executor_kwargs) -> Config:
-    """One DragonExecutor on the local machine, tuned for a 2-core test box."""
+def dragon_config(run_dir, config_options=None, **executor_kwargs) -> Config:
+    """One DragonExecutor on the local machine, tuned for a 2-core test box;
+    ``config_options`` are extra ``Config`` arguments (e.g. ``max_idletime``)."""
     executor_kwargs.setdefault("workers_per_node", 1)
     executor_kwargs.setdefault("heartbeat_period", 1.0)
-    return Config(executors=[DragonExecutor(**executor_kwargs)], run_dir=str(run_dir), strategy_period=0.2)
+    return Config(executors=[DragonExecutor(**executor_kwargs)], run_dir=str(run_dir), strategy_period=0.2,
+                  **(config_options or {}))
 
 
 @pytest.fixture
@@ -60,8 +62,8 @@ def load_dfk(no_leaks, tmp_path):
     afterwards nothing of the run may remain (``no_leaks`` is torn down after this)."""
     loaded = []
 
-    def _load(**executor_kwargs):
-        dfk = parsl.load(dragon_config(tmp_path / "runinfo", **executor_kwargs))
+    def _load(config_options=None, **executor_kwargs):
+        dfk = parsl.load(dragon_config(tmp_path / "runinfo", config_options, **executor_kwargs))
         loaded.append(dfk)
         _load.last = dfk
         return dfk

@@ -1,0 +1,115 @@
+"""Several blocks of one executor: work spread over their servers, a block that dies or never
+connects while the others carry on, and Parsl's strategy scaling blocks out and back in.
+
+Each block here is a real single-node Dragon runtime started by Parsl's ``LocalProvider``
+(two at once on this machine; one worker each, so the runtimes' busy-polling leaves room).
+"""
+import os
+import signal
+import time
+
+import pytest
+from parsl import python_app
+from parsl.jobs.states import TERMINAL_STATES, JobState
+from parsl.providers import LocalProvider
+
+from parsl_dragon import ServerLost
+from parsl_dragon.connection import read_connection
+from parsl_dragon.launchers import default_launcher
+
+BLOCK_START = 240.0  # two runtimes starting at once on 2 cores
+
+
+@python_app
+def block_of_worker(seconds=0.0):
+    import os
+    import time
+    time.sleep(seconds)
+    return os.environ["PARSL_WORKER_BLOCK_ID"]
+
+
+def provider(**kwargs):
+    options = dict(init_blocks=2, min_blocks=0, max_blocks=2, launcher=default_launcher())
+    options.update(kwargs)
+    return LocalProvider(**options)
+
+
+def wait_until(predicate, timeout, what, interval=0.2):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting for {what}"
+        time.sleep(interval)
+
+
+def connected_blocks(executor):
+    with executor._lock:
+        return sorted(s.block_id for s in executor._servers.values())
+
+
+def test_tasks_are_spread_over_the_servers_of_two_blocks(load_dfk):
+    dfk = load_dfk(provider=provider())
+    executor = dfk.executors["dragon"]
+    wait_until(lambda: connected_blocks(executor) == ["0", "1"], BLOCK_START, "both blocks' servers")
+    blocks = [f.result(timeout=120) for f in [block_of_worker(1.0) for _ in range(8)]]
+    assert sorted(set(blocks)) == ["0", "1"], f"tasks ran on blocks {blocks}"
+    assert min(blocks.count("0"), blocks.count("1")) >= 2, f"the load is balanced: {blocks}"
+    assert executor.workers_per_node == 1 and executor.outstanding() == 0
+
+
+def test_a_block_that_dies_fails_its_tasks_and_the_other_carries_on(load_dfk):
+    dfk = load_dfk(provider=provider(), heartbeat_period=1.0, heartbeat_threshold=2)
+    executor = dfk.executors["dragon"]
+    wait_until(lambda: connected_blocks(executor) == ["0", "1"], BLOCK_START, "both blocks' servers")
+    running = [block_of_worker(30.0) for _ in range(2)]
+    wait_until(lambda: all(s.tasks for s in executor._servers.values()), 30, "a task on each server")
+    victim = next(s for s in executor._servers.values() if s.block_id == "0")
+    task_of_victim = next(iter(victim.tasks))
+    os.kill(read_connection(executor._launches["0"].connection_file).pid, signal.SIGKILL)
+
+    lost = next(f for f in running if f.task_record["exec_fu"].parsl_executor_task_id == task_of_victim)
+    survivor = next(f for f in running if f is not lost)
+    with pytest.raises(ServerLost, match="block 0.*may be retried"):
+        lost.result(timeout=30)
+    assert not executor.bad_state_is_set, "one lost block of two does not fail the executor"
+    wait_until(lambda: executor.status_facade["0"].state == JobState.FAILED, 10, "block 0 to be FAILED")
+    assert survivor.result(timeout=120) == "1", "the task on the other block finished normally"
+    later = [f.result(timeout=BLOCK_START) for f in [block_of_worker() for _ in range(4)]]
+    assert "0" not in later, f"nothing is sent to the dead block: {later}"
+
+
+def test_a_block_that_never_connects_is_missing_and_the_other_serves(load_dfk, tmp_path):
+    # The first block to run its script hangs before booting (as a node with a broken
+    # environment would); the second boots normally.
+    hang = tmp_path / "first-block-hangs"
+    worker_init = f"if mkdir {hang} 2>/dev/null; then sleep 600; fi"
+    dfk = load_dfk(provider=provider(worker_init=worker_init), startup_timeout_ms=40_000)
+    executor = dfk.executors["dragon"]
+    results = [f.result(timeout=BLOCK_START) for f in [block_of_worker() for _ in range(4)]]
+    assert len(set(results)) == 1, f"every task ran on the one block that connected: {results}"
+    stuck = "1" if results[0] == "0" else "0"
+    status = wait_until(lambda: executor.status_facade.get(stuck) if executor.status_facade.get(stuck)
+                        and executor.status_facade[stuck].state == JobState.MISSING else None,
+                        120, f"block {stuck} to be reported MISSING")
+    assert f"block {stuck} did not start a Dragon server" in status.message
+    assert not executor.bad_state_is_set
+    assert block_of_worker().result(timeout=60) == results[0], "the executor goes on after the miss"
+
+
+def test_strategy_scales_blocks_out_under_load_and_in_when_idle(load_dfk):
+    dfk = load_dfk(provider=provider(init_blocks=0), config_options={"max_idletime": 3.0})
+    executor = dfk.executors["dragon"]
+    assert executor.blocks_to_job_id == {}, "no block before there is work"
+    blocks = [f.result(timeout=BLOCK_START + 120) for f in [block_of_worker(4.0) for _ in range(6)]]
+    assert len(executor.blocks_to_job_id) == 2, "the load scaled the executor out to max_blocks"
+    assert "0" in blocks, f"tasks ran on the blocks it scaled out to: {blocks}"
+
+    def all_scaled_in():
+        status = executor.status_facade
+        return status and all(s.state in TERMINAL_STATES for s in status.values()) and not executor._servers
+    wait_until(all_scaled_in, 120, "idle blocks to be scaled in after max_idletime")
+    assert not executor.bad_state_is_set, "scaling in is not a failure"
+    again = block_of_worker().result(timeout=BLOCK_START)
+    assert int(again) >= 2, f"new work after scale-in gets a new block, not an old one: {again}"
