@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from typing import Callable, Dict, Optional, Set
 
@@ -24,6 +25,7 @@ from parsl import bash_app, python_app
 from parsl.providers import SlurmProvider
 
 from parsl_dragon import ServerLost
+from parsl_dragon.connection import connection_path, read_connection
 from parsl_dragon.launchers import DragonLauncher
 
 pytestmark = pytest.mark.slurm
@@ -250,3 +252,45 @@ def test_epilog_kills_processes_that_escaped_the_job():
     finally:
         subprocess.run(["scancel", job_id], timeout=30)
     assert_job_left_nothing(job_id, set())
+
+
+# A second workflow, run as a step of the block's own job: it attaches through server_path.
+SECOND_WORKFLOW = textwrap.dedent("""
+    import os, sys, parsl
+    from parsl import python_app
+    from parsl_dragon import DragonExecutor
+
+    @python_app
+    def server_and_job():
+        import os
+        return os.environ["PARSL_DRAGON_SERVER_ID"], os.environ.get("SLURM_JOB_ID")
+
+    dfk = parsl.load(parsl.Config(executors=[DragonExecutor(server_path=sys.argv[1], heartbeat_period=1.0)],
+                                  run_dir=sys.argv[2], strategy_period=0.2))
+    server_id, job_id = server_and_job().result(timeout=120)
+    print("DRIVER_JOB", os.environ.get("SLURM_JOB_ID"), "SERVER", server_id, "TASK_JOB", job_id, flush=True)
+    dfk.cleanup()
+""")
+
+
+def test_second_workflow_in_the_allocation_attaches_to_the_blocks_server(load_dfk, tmp_path):
+    shared = str(tmp_path / "shared")
+    dfk = load_dfk(provider=slurm_provider(), server_path=shared)
+    assert where().result(timeout=180)["job"] == _block_job(dfk)
+    job_id = _block_job(dfk)
+    info = read_connection(connection_path(shared))
+    assert info.job_id == job_id, "the connection file names the allocation the server runs in"
+    second = subprocess.run(
+        ["srun", f"--jobid={job_id}", "--overlap", "-N1", "-n1", sys.executable, "-c", SECOND_WORKFLOW, shared,
+         str(tmp_path / "second-runinfo")], capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, f"{second.stdout[-2000:]}\n{second.stderr[-4000:]}"
+    words = next(line for line in second.stdout.splitlines() if line.startswith("DRIVER_JOB")).split()
+    assert words == ["DRIVER_JOB", job_id, "SERVER", info.server_id, "TASK_JOB", job_id], \
+        "the second driver ran inside the allocation and its task ran on the block's server"
+    assert not dfk.executors["dragon"].bad_state_is_set
+    assert where().result(timeout=60)["job"] == job_id, "the second workflow's exit left the server running"
+    assert read_connection(connection_path(shared)).server_id == info.server_id
+    shm = mapped_shm(job_processes(job_id))
+    dfk.cleanup()
+    assert_job_left_nothing(job_id, shm)
+    assert not os.path.exists(connection_path(shared)), "the owner's shutdown removed the shared connection file"
