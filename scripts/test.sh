@@ -9,7 +9,9 @@
 # Steps:
 #   1. scripts/setup-env.sh (creates/refreshes .venv)
 #   2. python -m pytest tests -m "not slow" ARGS
-#   3. scripts/conformance.sh (Parsl's own tests against DragonExecutor), unless --quick
+#   3. scripts/conformance.sh (Parsl's own tests against DragonExecutor), unless --quick:
+#      once with local blocks (configs/conformance.py), once with Slurm blocks
+#      (configs/conformance_slurm.py) when Slurm is up (under CI=true it must be)
 #   4. leak check: no new parsl_dragon/Dragon processes, /dev/shm Dragon pools or
 #      /tmp/dragon-* compared with a snapshot taken before step 2 (tests/leaks.py)
 #   5. recap of each pytest run's closing summary line and a combined total
@@ -62,6 +64,11 @@ if [[ "$(id -u)" == 0 || "${CI:-}" == true ]]; then
     fi
 fi
 
+slurm_up() {  # the test cluster's partition has a usable node
+    command -v sinfo >/dev/null 2>&1 &&
+        timeout 15 sinfo -h -p debug -o '%a %t' 2>/dev/null | grep -qE '^up (idle|mix|alloc)'
+}
+
 "$PY" "$ROOT/tests/leaks.py" snapshot "$WORK/leaks-before.json"
 
 NAMES=()  # one entry per pytest run
@@ -84,6 +91,15 @@ if [[ "$QUICK" == 1 ]]; then
     say "--quick: skipping Parsl's conformance suite (scripts/conformance.sh)"
 else
     run_suite conformance bash "$ROOT/scripts/conformance.sh"
+    if slurm_up; then
+        run_suite conformance-slurm env CONFORMANCE_CONFIG="$ROOT/configs/conformance_slurm.py" \
+            bash "$ROOT/scripts/conformance.sh"
+    elif [[ "${CI:-}" == true ]]; then
+        say "FAILED: CI=true requires the Slurm-backed conformance run, but Slurm's partition debug is not up"
+        NAMES+=("conformance-slurm"); RCS+=(1); LOGS+=("/dev/null")
+    else
+        say "Slurm is not up: skipping the Slurm-backed conformance run"
+    fi
 fi
 
 leak_rc=0
