@@ -6,8 +6,10 @@ Lifecycle::
                  attach to a live server at server_path, or launch init_blocks blocks
     block        provider runs `python -m parsl_dragon.server.boot ...`; a watcher thread waits for
                  the block's connection file and connects (CURVE, versioned handshake)
-    submit()     pack the task (Parsl's pack_apply_message) and route it to the server with the
-                 most free workers, or hold it until a server connects
+    submit()     pack the task (Parsl's pack_apply_message) and queue it; the queue drains, oldest
+                 first, into connected servers with room (a server holds at most its workers +
+                 prefetch_capacity tasks), least loaded first: on submit, on every result batch
+                 and when a block's server connects, so a block that starts late gets its share
     results      the client's result thread resolves futures (results, remote exceptions,
                  WorkerLost / ServerLost failures) and forwards monitoring records
     scale_in()   ask the block's server to stop, then let the provider cancel the job
@@ -55,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 BUFFER_THRESHOLD = 1024 * 1024
 STOP_WAIT_SECONDS = 60.0  # a multi-node runtime can take a while to stop under load
+DEFAULT_PREFETCH = 32  # benchmarks/throughput.py here: 0 -> 506 tasks/s, 8 -> 1035, 32 -> 1155, unbounded 1160
 _FAILURES = {"WorkerLost": WorkerLost, "ServerLost": ServerLost}
 
 
@@ -68,12 +71,22 @@ def _failure(error_type: str, message: str) -> BaseException:
 class _Server:
     link: ServerLink
     block_id: Optional[str]
+    prefetch: int = 0
     tasks: Set[int] = field(default_factory=set)
     nodes: List[NodeSlots] = field(default_factory=list)  # from the Welcome, for size checks
 
     def __post_init__(self) -> None:
         welcome = self.link.welcome
         self.nodes = [NodeSlots(h, c, g) for h, c, g in zip(welcome.nodes, welcome.cores, welcome.gpus)]
+
+    @property
+    def has_room(self) -> bool:
+        """Takes another task: fewer than workers + prefetch in flight, and not stopping."""
+        return not self.link.stopping and len(self.tasks) < max(1, self.link.welcome.workers) + self.prefetch
+
+    @property
+    def load(self) -> float:
+        return len(self.tasks) / max(1, self.link.welcome.workers)
 
 
 class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
@@ -119,6 +132,11 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
     address : str, optional
         Address the server publishes for clients. Default ``127.0.0.1`` for a
         ``LocalProvider``, else ``auto`` (the node's resolved host address).
+    prefetch_capacity : int
+        Tasks a server may hold beyond its worker count (HTEX's meaning). The rest wait
+        in the executor and go to whichever server has room first, so blocks that
+        connect later share the work. Default 32: enough queued at each server to keep
+        short tasks flowing; 0 balances long tasks across blocks best.
     """
 
     @typeguard.typechecked
@@ -129,7 +147,8 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
                  startup_timeout_ms: Optional[int] = None, timeout_ms: Optional[int] = None,
                  key_path: Optional[str] = None, rank_startup_timeout_ms: Optional[int] = None,
                  heartbeat_period: Union[int, float] = 5.0,
-                 heartbeat_threshold: int = 3, address: Optional[str] = None, worker_debug: bool = False,
+                 heartbeat_threshold: int = 3, address: Optional[str] = None,
+                 prefetch_capacity: int = DEFAULT_PREFETCH, worker_debug: bool = False,
                  block_error_handler: Union[bool, Callable] = True,
                  remote_monitoring_radio: Optional[RadioConfig] = None) -> None:
         if provider is None:
@@ -143,6 +162,8 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
             raise ConfigurationError(f"pmi must be one of {', '.join(PMI_BACKENDS)}, got {pmi!r}")
         if heartbeat_period <= 0 or heartbeat_threshold < 1:
             raise ConfigurationError("heartbeat_period must be > 0 and heartbeat_threshold >= 1")
+        if prefetch_capacity < 0:
+            raise ConfigurationError(f"prefetch_capacity must be >= 0, got {prefetch_capacity}")
         self.label = label
         self.workers_per_node_arg = workers_per_node
         self.cores_per_node = cores_per_node
@@ -156,6 +177,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         self.heartbeat_period = float(heartbeat_period)
         self.heartbeat_threshold = heartbeat_threshold
         self.address = address
+        self.prefetch_capacity = prefetch_capacity
         self.worker_debug = worker_debug
         self.remote_monitoring_radio = remote_monitoring_radio or DragonRadio()
         self.settings: Optional[Settings] = None
@@ -307,17 +329,20 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         return any(s.block_id == block_id for s in self._servers.values())
 
     def _add_server(self, link: ServerLink, block_id: Optional[str]) -> None:
+        """Take a new server's session: held tasks that fit none of the connected servers
+        fail now (they were submitted before any server was known); the rest drain."""
         misfits = []
         with self._lock:
-            self._servers[link.server_id] = _Server(link, block_id)
-            pending, self._pending = self._pending, deque()
-            for task_id, spec, payload in pending:
+            self._servers[link.server_id] = _Server(link, block_id, self.prefetch_capacity)
+            kept: Deque[Tuple[int, Dict[str, Any], bytes]] = deque()
+            for entry in self._pending:
                 try:
-                    candidates = self._fitting_servers(spec)
-                except InvalidResourceSpecification as exc:  # held before any server was known
-                    misfits.append((self._tasks.pop(task_id, None), exc))
-                    continue
-                self._route(task_id, spec, payload, candidates)
+                    self._fitting_servers(entry[1])
+                    kept.append(entry)
+                except InvalidResourceSpecification as exc:
+                    misfits.append((self._tasks.pop(entry[0], None), exc))
+            self._pending = kept
+            self._drain()
         for future, exc in misfits:  # resolved outside the lock, like every other outcome
             if future is not None:
                 _set_exception(future, exc)
@@ -358,7 +383,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
 
     # ---- tasks -----------------------------------------------------------
     def submit(self, func: Callable, resource_specification: Dict[str, Any], *args: Any, **kwargs: Any) -> Future:
-        """Package ``func(*args, **kwargs)`` and send it to a server (or hold it until one connects)."""
+        """Package ``func(*args, **kwargs)`` and queue it for the servers (sent at once where one has room)."""
         if self.bad_state_is_set:
             raise self.executor_exception
         if not self._started or self._stopping:
@@ -367,12 +392,17 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         payload = pack_apply_message(func, args, kwargs, buffer_threshold=BUFFER_THRESHOLD)
         future: Future = Future()
         with self._lock:
-            candidates = self._fitting_servers(spec)  # a request larger than every block fails here
+            fitting = self._fitting_servers(spec)  # a request larger than every block fails here
             self._task_counter += 1
             task_id = self._task_counter
             future.parsl_executor_task_id = task_id  # type: ignore[attr-defined]
             self._tasks[task_id] = future
-            self._route(task_id, spec, payload, candidates)
+            roomy = [s for s in fitting if s.has_room]
+            if roomy and not self._pending:  # the common case: one size check, straight out
+                self._send(min(roomy, key=lambda s: s.load), task_id, spec, payload)
+            else:
+                self._pending.append((task_id, spec, payload))
+                self._drain()
         return future
 
     def _fitting_servers(self, spec: Dict[str, Any]) -> List[_Server]:
@@ -391,13 +421,25 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
             raise error
         return fitting
 
-    def _route(self, task_id: int, spec: Dict[str, Any], payload: bytes, candidates: List[_Server]) -> None:
-        """Send to the candidate server with the lowest load per worker, or hold the task
-        until a server connects (lock held; ``candidates`` from ``_fitting_servers``)."""
-        if not candidates:
-            self._pending.append((task_id, spec, payload))
-            return
-        server = min(candidates, key=lambda s: len(s.tasks) / max(1, s.link.welcome.workers))
+    def _drain(self) -> None:
+        """Send held tasks, oldest first, each to the least loaded server that fits it and has
+        room; a task whose servers are all full waits without holding back smaller ones behind
+        it. Stops as soon as no server has room (lock held)."""
+        kept: Deque[Tuple[int, Dict[str, Any], bytes]] = deque()
+        while self._pending and any(s.has_room for s in self._servers.values()):
+            task_id, spec, payload = entry = self._pending.popleft()
+            try:
+                roomy = [s for s in self._fitting_servers(spec) if s.has_room]
+            except InvalidResourceSpecification:
+                roomy = []  # fits none of the servers there are now: wait for another block
+            if not roomy:
+                kept.append(entry)
+                continue
+            self._send(min(roomy, key=lambda s: s.load), task_id, spec, payload)
+        kept.extend(self._pending)
+        self._pending = kept
+
+    def _send(self, server: _Server, task_id: int, spec: Dict[str, Any], payload: bytes) -> None:
         server.tasks.add(task_id)
         self._client.send_task(server.link.server_id, p.TaskEntry(task_id, spec), payload)  # type: ignore[union-attr]
 
@@ -412,6 +454,8 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
                 if server is not None:
                     server.tasks.discard(result.task_id)
                 futures.append(self._tasks.pop(result.task_id, None))
+            if self._pending:
+                self._drain()  # the finished tasks made room
         for future, result, payload in zip(futures, message.results, message.payloads):
             if future is not None:
                 _resolve(future, result, payload)

@@ -99,12 +99,14 @@ def test_a_block_that_never_connects_is_missing_and_the_other_serves(load_dfk, t
 
 
 def test_strategy_scales_blocks_out_under_load_and_in_when_idle(load_dfk):
-    dfk = load_dfk(provider=provider(init_blocks=0), config_options={"max_idletime": 3.0})
+    # prefetch_capacity=0: each server holds only what its worker runs, so the block the
+    # load starts second takes its share of the tasks already submitted.
+    dfk = load_dfk(provider=provider(init_blocks=0), prefetch_capacity=0, config_options={"max_idletime": 3.0})
     executor = dfk.executors["dragon"]
     assert executor.blocks_to_job_id == {}, "no block before there is work"
     blocks = [f.result(timeout=BLOCK_START + 120) for f in [block_of_worker(4.0) for _ in range(6)]]
     assert len(executor.blocks_to_job_id) == 2, "the load scaled the executor out to max_blocks"
-    assert "0" in blocks, f"tasks ran on the blocks it scaled out to: {blocks}"
+    assert sorted(set(blocks)) == ["0", "1"], f"tasks ran on both blocks it scaled out to: {blocks}"
 
     def all_scaled_in():
         status = executor.status_facade
@@ -113,3 +115,17 @@ def test_strategy_scales_blocks_out_under_load_and_in_when_idle(load_dfk):
     assert not executor.bad_state_is_set, "scaling in is not a failure"
     again = block_of_worker().result(timeout=BLOCK_START)
     assert int(again) >= 2, f"new work after scale-in gets a new block, not an old one: {again}"
+
+
+def test_with_retries_a_task_of_a_dead_block_is_rerun_on_the_other(load_dfk):
+    dfk = load_dfk(provider=provider(), heartbeat_period=1.0, heartbeat_threshold=2, config_options={"retries": 1})
+    executor = dfk.executors["dragon"]
+    wait_until(lambda: connected_blocks(executor) == ["0", "1"], BLOCK_START, "both blocks' servers")
+    first = block_of_worker(20.0)
+    wait_until(lambda: any(s.tasks for s in executor._servers.values()), 30, "the task on a server")
+    doomed = next(s.block_id for s in executor._servers.values() if s.tasks)
+    os.kill(read_connection(executor._launches[doomed].connection_file).pid, signal.SIGKILL)
+    rerun_on = first.result(timeout=120)
+    assert rerun_on != doomed, "the retry ran on the surviving block"
+    assert (first.task_record["fail_count"], first.task_record["try_id"]) == (1, 1), \
+        "the first try failed (the lost server), the second succeeded"

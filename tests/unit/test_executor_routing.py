@@ -17,9 +17,9 @@ class RecordingClient:
         self.sent.append((server_id, entry.task_id))
 
 
-def link(server_id="s1", nodes=("n1",), cores=(4,)):
+def link(server_id="s1", nodes=("n1",), cores=(4,), workers=1):
     welcome = p.Welcome(server_id=server_id, host="n1", parsl_version="x", python_version="3.11",
-                        nodes=list(nodes), workers=1, cores=list(cores), gpus=[0] * len(nodes))
+                        nodes=list(nodes), workers=workers, cores=list(cores), gpus=[0] * len(nodes))
     return ServerLink(info=None, welcome=welcome, owner=True, socket=None)
 
 
@@ -48,7 +48,8 @@ def test_task_goes_to_a_server_where_it_fits():
     executor._add_server(link("small", cores=(1,)), block_id="0")
     executor._add_server(link("big", cores=(8,)), block_id="1")
     spec = {"num_nodes": 1, "ranks_per_node": 4, "num_ranks": 4, "pmi": "none"}
-    executor._route(7, spec, b"", executor._fitting_servers(spec))
+    held(executor, 7, spec)
+    executor._drain()
     assert executor._client.sent == [("big", 7)]
 
 
@@ -74,7 +75,60 @@ def test_a_stopping_server_takes_no_new_task_which_waits_for_the_next_server():
     dying = link("dying")
     executor._add_server(dying, block_id="0")
     dying.stopping = "server stopping: signal SIGTERM"
-    executor._route(1, {}, b"", executor._fitting_servers({}))
+    held(executor, 1, {})
+    executor._drain()
     assert executor._client.sent == [] and [t for t, _, _ in executor._pending] == [1], "held, not lost"
     executor._add_server(link("next"), block_id="1")
     assert executor._client.sent == [("next", 1)] and not executor._pending
+
+
+def results(*task_ids):
+    return p.TaskResults(results=[p.TaskResult(task_id=t, status=p.FAILED, error_type="X", error="")
+                                  for t in task_ids], payloads=[b""] * len(task_ids))
+
+
+def test_a_server_holds_workers_plus_prefetch_and_the_rest_wait_for_room():
+    executor = DragonExecutor(prefetch_capacity=1)
+    executor._client = RecordingClient()
+    executor._add_server(link("a", workers=2), block_id="0")
+    for task_id in range(1, 6):
+        held(executor, task_id, {})
+    executor._drain()
+    assert executor._client.sent == [("a", 1), ("a", 2), ("a", 3)], "2 workers + 1 prefetched"
+    assert [t for t, _, _ in executor._pending] == [4, 5]
+    executor._on_results("a", results(2))
+    assert executor._client.sent[-1] == ("a", 4) and [t for t, _, _ in executor._pending] == [5]
+
+
+def test_a_block_that_connects_later_gets_the_waiting_tasks():
+    executor = DragonExecutor(prefetch_capacity=0)
+    executor._client = RecordingClient()
+    executor._add_server(link("first"), block_id="0")
+    for task_id in range(1, 5):
+        held(executor, task_id, {})
+    executor._drain()
+    assert executor._client.sent == [("first", 1)]
+    executor._add_server(link("late"), block_id="1")
+    assert executor._client.sent == [("first", 1), ("late", 2)], "the late block takes the oldest waiting task"
+    executor._on_results("late", results(2))
+    assert executor._client.sent[-1] == ("late", 3)
+
+
+def test_a_task_whose_server_is_full_does_not_hold_back_tasks_for_another():
+    executor = DragonExecutor(prefetch_capacity=0)
+    executor._client = RecordingClient()
+    executor._add_server(link("wide", cores=(8,)), block_id="0")
+    executor._add_server(link("narrow", cores=(1,)), block_id="1")
+    wide = {"num_nodes": 1, "ranks_per_node": 4, "num_ranks": 4, "pmi": "none"}
+    for task_id, spec in [(1, wide), (2, wide), (3, {}), (4, {})]:
+        held(executor, task_id, spec)
+    executor._drain()
+    assert executor._client.sent == [("wide", 1), ("narrow", 3)], "task 2 waits for 'wide'; task 3 goes past it"
+    executor._on_results("wide", results(1))
+    assert executor._client.sent[-1] == ("wide", 2), "the oldest waiting task gets the freed room first"
+
+
+def test_prefetch_capacity_must_not_be_negative():
+    from parsl_dragon.errors import ConfigurationError
+    with pytest.raises(ConfigurationError, match="prefetch_capacity"):
+        DragonExecutor(prefetch_capacity=-1)
