@@ -20,19 +20,15 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import sys
 import threading
 import time
-from collections import deque
 from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Set, Union
 
 import typeguard
 from parsl.executors.errors import InvalidResourceSpecification
 from parsl.executors.status_handling import BlockProviderExecutor
 from parsl.jobs.states import TERMINAL_STATES, JobState, JobStatus
-from parsl.launchers.base import Launcher
 from parsl.monitoring.radios.base import RadioConfig
 from parsl.providers import LocalProvider
 from parsl.providers.base import ExecutionProvider
@@ -49,8 +45,8 @@ from parsl_dragon.errors import (ConfigurationError, DragonExecutorError,
                                  HandshakeTimeout, ServerLost, ServerStartupError, WorkerLost)
 from parsl_dragon.launchers import check_launcher, default_launcher
 from parsl_dragon.monitoring import DragonRadio
-from parsl_dragon.placement import NodeSlots
-from parsl_dragon.resources import PMI_BACKENDS, check_fits, normalize_spec
+from parsl_dragon.resources import PMI_BACKENDS, normalize_spec
+from parsl_dragon.routing import RoutedServer, Send, TaskRouter
 from parsl_dragon.settings import Settings, resolve_settings
 
 logger = logging.getLogger(__name__)
@@ -65,28 +61,6 @@ def _failure(error_type: str, message: str) -> BaseException:
     if error_type == "InvalidResourceSpecification":
         return InvalidResourceSpecification(set(), message)
     return _FAILURES.get(error_type, DragonExecutorError)(message)
-
-
-@dataclass
-class _Server:
-    link: ServerLink
-    block_id: Optional[str]
-    prefetch: int = 0
-    tasks: Set[int] = field(default_factory=set)
-    nodes: List[NodeSlots] = field(default_factory=list)  # from the Welcome, for size checks
-
-    def __post_init__(self) -> None:
-        welcome = self.link.welcome
-        self.nodes = [NodeSlots(h, c, g) for h, c, g in zip(welcome.nodes, welcome.cores, welcome.gpus)]
-
-    @property
-    def has_room(self) -> bool:
-        """Takes another task: fewer than workers + prefetch in flight, and not stopping."""
-        return not self.link.stopping and len(self.tasks) < max(1, self.link.welcome.workers) + self.prefetch
-
-    @property
-    def load(self) -> float:
-        return len(self.tasks) / max(1, self.link.welcome.workers)
 
 
 class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
@@ -184,8 +158,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         self._client: Optional[DragonClient] = None
         self._lock = threading.RLock()
         self._task_counter = 0
-        self._pending: Deque[Tuple[int, Dict[str, Any], bytes]] = deque()
-        self._servers: Dict[str, _Server] = {}
+        self._router = TaskRouter(prefetch_capacity)
         self._launches: Dict[str, BlockLaunch] = {}
         self._watchers: List[threading.Thread] = []
         self._attached = False
@@ -198,7 +171,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         if self.workers_per_node_arg is not None:
             return self.workers_per_node_arg
         with self._lock:
-            counts = [s.link.welcome.workers / max(1, len(s.link.welcome.nodes)) for s in self._servers.values()]
+            counts = [s.link.welcome.workers / max(1, len(s.link.welcome.nodes)) for s in self._servers]
         return max(counts) if counts else max(1, (os.cpu_count() or 2) - 1)
 
     # ---- start -----------------------------------------------------------
@@ -320,30 +293,25 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         with self._lock:
             starting = [b for b, launch_ in self._launches.items()
                         if b not in self._simulated_status and not self._has_server(b)]
-            hopeless = not self._servers and not starting
+            hopeless = not self._router.servers and not starting
         if hopeless:
             exc.executor = self
             self.set_bad_state_and_fail_all(exc)
 
     def _has_server(self, block_id: str) -> bool:
-        return any(s.block_id == block_id for s in self._servers.values())
+        return any(s.block_id == block_id for s in self._servers)
+
+    @property
+    def _servers(self) -> List[RoutedServer]:
+        return list(self._router.servers.values())
 
     def _add_server(self, link: ServerLink, block_id: Optional[str]) -> None:
-        """Take a new server's session: held tasks that fit none of the connected servers
-        fail now (they were submitted before any server was known); the rest drain."""
-        misfits = []
+        """Take a new server's session; waiting tasks drain into it, or fail if they fit no server."""
         with self._lock:
-            self._servers[link.server_id] = _Server(link, block_id, self.prefetch_capacity)
-            kept: Deque[Tuple[int, Dict[str, Any], bytes]] = deque()
-            for entry in self._pending:
-                try:
-                    self._fitting_servers(entry[1])
-                    kept.append(entry)
-                except InvalidResourceSpecification as exc:
-                    misfits.append((self._tasks.pop(entry[0], None), exc))
-            self._pending = kept
-            self._drain()
-        for future, exc in misfits:  # resolved outside the lock, like every other outcome
+            sends, misfits = self._router.add(link, block_id)
+            self._send(sends)
+            failed = [(self._tasks.pop(task_id, None), exc) for task_id, exc in misfits]
+        for future, exc in failed:  # resolved outside the lock, like every other outcome
             if future is not None:
                 _set_exception(future, exc)
 
@@ -362,11 +330,11 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
 
     def _block_tasks(self, block_id: str) -> Set[int]:
         with self._lock:
-            return set().union(*[s.tasks for s in self._servers.values() if s.block_id == block_id])
+            return set().union(*[s.tasks for s in self._servers if s.block_id == block_id])
 
     def _stop_blocks(self, block_ids: List[str]) -> None:
         with self._lock:
-            servers = [s for s in self._servers.values() if s.block_id in block_ids]
+            servers = [s for s in self._servers if s.block_id in block_ids]
         for server in servers:
             self._detach(server.link.server_id, p.Shutdown(reason="block scaled in"))
         job_ids = [self.blocks_to_job_id[b] for b in block_ids if b in self.blocks_to_job_id]
@@ -392,70 +360,25 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         payload = pack_apply_message(func, args, kwargs, buffer_threshold=BUFFER_THRESHOLD)
         future: Future = Future()
         with self._lock:
-            fitting = self._fitting_servers(spec)  # a request larger than every block fails here
-            self._task_counter += 1
-            task_id = self._task_counter
+            task_id = self._task_counter + 1
+            sends = self._router.submit(task_id, spec, payload)  # a request larger than every block fails here
+            self._task_counter = task_id
             future.parsl_executor_task_id = task_id  # type: ignore[attr-defined]
             self._tasks[task_id] = future
-            roomy = [s for s in fitting if s.has_room]
-            if roomy and not self._pending:  # the common case: one size check, straight out
-                self._send(min(roomy, key=lambda s: s.load), task_id, spec, payload)
-            else:
-                self._pending.append((task_id, spec, payload))
-                self._drain()
+            self._send(sends)
         return future
 
-    def _fitting_servers(self, spec: Dict[str, Any]) -> List[_Server]:
-        """Connected servers whose nodes can hold the task; InvalidResourceSpecification if none can.
-        A server that said it is stopping takes no new task: with no other server the task is held
-        for the next block (the strategy starts one; a bad state fails it)."""
-        servers = [s for s in self._servers.values() if not s.link.stopping]
-        fitting, error = [], None
-        for server in servers:
-            try:
-                check_fits(spec, server.nodes)
-                fitting.append(server)
-            except InvalidResourceSpecification as exc:
-                error = exc
-        if servers and not fitting and error is not None:
-            raise error
-        return fitting
-
-    def _drain(self) -> None:
-        """Send held tasks, oldest first, each to the least loaded server that fits it and has
-        room; a task whose servers are all full waits without holding back smaller ones behind
-        it. Stops as soon as no server has room (lock held)."""
-        kept: Deque[Tuple[int, Dict[str, Any], bytes]] = deque()
-        while self._pending and any(s.has_room for s in self._servers.values()):
-            task_id, spec, payload = entry = self._pending.popleft()
-            try:
-                roomy = [s for s in self._fitting_servers(spec) if s.has_room]
-            except InvalidResourceSpecification:
-                roomy = []  # fits none of the servers there are now: wait for another block
-            if not roomy:
-                kept.append(entry)
-                continue
-            self._send(min(roomy, key=lambda s: s.load), task_id, spec, payload)
-        kept.extend(self._pending)
-        self._pending = kept
-
-    def _send(self, server: _Server, task_id: int, spec: Dict[str, Any], payload: bytes) -> None:
-        server.tasks.add(task_id)
-        self._client.send_task(server.link.server_id, p.TaskEntry(task_id, spec), payload)  # type: ignore[union-attr]
+    def _send(self, sends: List[Send]) -> None:
+        for send in sends:
+            self._client.send_task(send.server_id, p.TaskEntry(send.task_id, send.spec), send.payload)  # type: ignore[union-attr]
 
     def outstanding(self) -> int:
         return len(self._tasks)
 
     def _on_results(self, server_id: str, message: p.TaskResults) -> None:
         with self._lock:
-            server = self._servers.get(server_id)
-            futures = []
-            for result in message.results:
-                if server is not None:
-                    server.tasks.discard(result.task_id)
-                futures.append(self._tasks.pop(result.task_id, None))
-            if self._pending:
-                self._drain()  # the finished tasks made room
+            futures = [self._tasks.pop(result.task_id, None) for result in message.results]
+            self._send(self._router.finished(server_id, [result.task_id for result in message.results]))
         for future, result, payload in zip(futures, message.results, message.payloads):
             if future is not None:
                 _resolve(future, result, payload)
@@ -468,7 +391,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
 
     def _on_server_lost(self, server_id: str, why: str) -> None:
         with self._lock:
-            server = self._servers.pop(server_id, None)
+            server = self._router.remove(server_id)
             if server is None:
                 return
             lost = [self._tasks.pop(t) for t in sorted(server.tasks) if t in self._tasks]
@@ -497,7 +420,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
     # ---- shutdown --------------------------------------------------------
     def _detach(self, server_id: str, message: p.Message) -> None:
         with self._lock:
-            server = self._servers.pop(server_id, None)
+            server = self._router.remove(server_id)
             lost = [self._tasks.pop(t) for t in sorted(server.tasks) if t in self._tasks] if server else []
         if server is not None and self._client is not None:
             self._client.disconnect(server_id, message)
@@ -512,7 +435,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         if not self._started:
             return
         with self._lock:
-            servers = list(self._servers.values())
+            servers = self._servers
         for server in servers:
             self._detach(server.link.server_id, p.Shutdown(reason="executor shutdown") if server.link.owner
                          else p.Goodbye())
@@ -527,7 +450,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         with self._lock:
             left = list(self._tasks.values()) + []
             self._tasks.clear()
-            self._pending.clear()
+            self._router.clear()
         for future in left:
             _set_exception(future, DragonExecutorError("executor shut down before the task finished", self))
         logger.info("DragonExecutor %s shut down", self.label)

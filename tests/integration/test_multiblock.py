@@ -46,7 +46,7 @@ def wait_until(predicate, timeout, what, interval=0.2):
 
 def connected_blocks(executor):
     with executor._lock:
-        return sorted(s.block_id for s in executor._servers.values())
+        return sorted(s.block_id for s in executor._servers)
 
 
 def test_tasks_are_spread_over_the_servers_of_two_blocks(load_dfk):
@@ -64,8 +64,8 @@ def test_a_block_that_dies_fails_its_tasks_and_the_other_carries_on(load_dfk):
     executor = dfk.executors["dragon"]
     wait_until(lambda: connected_blocks(executor) == ["0", "1"], BLOCK_START, "both blocks' servers")
     running = [block_of_worker(30.0) for _ in range(2)]
-    wait_until(lambda: all(s.tasks for s in executor._servers.values()), 30, "a task on each server")
-    victim = next(s for s in executor._servers.values() if s.block_id == "0")
+    wait_until(lambda: all(s.tasks for s in executor._servers), 30, "a task on each server")
+    victim = next(s for s in executor._servers if s.block_id == "0")
     task_of_victim = next(iter(victim.tasks))
     os.kill(read_connection(executor._launches["0"].connection_file).pid, signal.SIGKILL)
 
@@ -122,8 +122,8 @@ def test_with_retries_a_task_of_a_dead_block_is_rerun_on_the_other(load_dfk):
     executor = dfk.executors["dragon"]
     wait_until(lambda: connected_blocks(executor) == ["0", "1"], BLOCK_START, "both blocks' servers")
     first = block_of_worker(20.0)
-    wait_until(lambda: any(s.tasks for s in executor._servers.values()), 30, "the task on a server")
-    doomed = next(s.block_id for s in executor._servers.values() if s.tasks)
+    wait_until(lambda: any(s.tasks for s in executor._servers), 30, "the task on a server")
+    doomed = next(s.block_id for s in executor._servers if s.tasks)
     os.kill(read_connection(executor._launches[doomed].connection_file).pid, signal.SIGKILL)
     rerun_on = first.result(timeout=120)
     assert rerun_on != doomed, "the retry ran on the surviving block"

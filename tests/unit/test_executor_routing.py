@@ -1,4 +1,5 @@
-"""DragonExecutor routing without a runtime: held tasks, size checks when a server connects."""
+"""DragonExecutor without a runtime: waiting tasks and size checks as servers connect, results
+making room, the block command. (The router's own rules: tests/unit/test_routing.py.)"""
 from concurrent.futures import Future
 
 import pytest
@@ -24,9 +25,10 @@ def link(server_id="s1", nodes=("n1",), cores=(4,), workers=1):
 
 
 def held(executor, task_id, spec):
+    """A task submitted before any server connected: registered, waiting in the router."""
     future = Future()
     executor._tasks[task_id] = future
-    executor._pending.append((task_id, spec, b"payload"))
+    assert executor._router.submit(task_id, spec, b"payload") == []
     return future
 
 
@@ -39,18 +41,7 @@ def test_held_task_too_large_for_the_new_server_fails_and_the_rest_are_sent():
     with pytest.raises(InvalidResourceSpecification, match="num_nodes"):
         too_big.result(timeout=1)
     assert not fine.done() and executor._client.sent == [("s1", 2)]
-    assert 1 not in executor._tasks and not executor._pending
-
-
-def test_task_goes_to_a_server_where_it_fits():
-    executor = DragonExecutor()
-    executor._client = RecordingClient()
-    executor._add_server(link("small", cores=(1,)), block_id="0")
-    executor._add_server(link("big", cores=(8,)), block_id="1")
-    spec = {"num_nodes": 1, "ranks_per_node": 4, "num_ranks": 4, "pmi": "none"}
-    held(executor, 7, spec)
-    executor._drain()
-    assert executor._client.sent == [("big", 7)]
+    assert 1 not in executor._tasks and not executor._router.pending
 
 
 def test_block_command_carries_the_rank_startup_timeout(tmp_path, monkeypatch):
@@ -69,63 +60,22 @@ def test_block_command_carries_the_rank_startup_timeout(tmp_path, monkeypatch):
     assert argv[argv.index("--rank-startup-timeout") + 1] == "-1", "the variable's -1 means wait forever"
 
 
-def test_a_stopping_server_takes_no_new_task_which_waits_for_the_next_server():
-    executor = DragonExecutor()
-    executor._client = RecordingClient()
-    dying = link("dying")
-    executor._add_server(dying, block_id="0")
-    dying.stopping = "server stopping: signal SIGTERM"
-    held(executor, 1, {})
-    executor._drain()
-    assert executor._client.sent == [] and [t for t, _, _ in executor._pending] == [1], "held, not lost"
-    executor._add_server(link("next"), block_id="1")
-    assert executor._client.sent == [("next", 1)] and not executor._pending
-
-
 def results(*task_ids):
     return p.TaskResults(results=[p.TaskResult(task_id=t, status=p.FAILED, error_type="X", error="")
                                   for t in task_ids], payloads=[b""] * len(task_ids))
 
 
-def test_a_server_holds_workers_plus_prefetch_and_the_rest_wait_for_room():
-    executor = DragonExecutor(prefetch_capacity=1)
-    executor._client = RecordingClient()
-    executor._add_server(link("a", workers=2), block_id="0")
-    for task_id in range(1, 6):
-        held(executor, task_id, {})
-    executor._drain()
-    assert executor._client.sent == [("a", 1), ("a", 2), ("a", 3)], "2 workers + 1 prefetched"
-    assert [t for t, _, _ in executor._pending] == [4, 5]
-    executor._on_results("a", results(2))
-    assert executor._client.sent[-1] == ("a", 4) and [t for t, _, _ in executor._pending] == [5]
-
-
-def test_a_block_that_connects_later_gets_the_waiting_tasks():
+def test_a_block_that_connects_later_gets_the_waiting_tasks_and_results_make_room():
     executor = DragonExecutor(prefetch_capacity=0)
     executor._client = RecordingClient()
+    futures = [held(executor, task_id, {}) for task_id in range(1, 5)]
     executor._add_server(link("first"), block_id="0")
-    for task_id in range(1, 5):
-        held(executor, task_id, {})
-    executor._drain()
     assert executor._client.sent == [("first", 1)]
     executor._add_server(link("late"), block_id="1")
     assert executor._client.sent == [("first", 1), ("late", 2)], "the late block takes the oldest waiting task"
     executor._on_results("late", results(2))
     assert executor._client.sent[-1] == ("late", 3)
-
-
-def test_a_task_whose_server_is_full_does_not_hold_back_tasks_for_another():
-    executor = DragonExecutor(prefetch_capacity=0)
-    executor._client = RecordingClient()
-    executor._add_server(link("wide", cores=(8,)), block_id="0")
-    executor._add_server(link("narrow", cores=(1,)), block_id="1")
-    wide = {"num_nodes": 1, "ranks_per_node": 4, "num_ranks": 4, "pmi": "none"}
-    for task_id, spec in [(1, wide), (2, wide), (3, {}), (4, {})]:
-        held(executor, task_id, spec)
-    executor._drain()
-    assert executor._client.sent == [("wide", 1), ("narrow", 3)], "task 2 waits for 'wide'; task 3 goes past it"
-    executor._on_results("wide", results(1))
-    assert executor._client.sent[-1] == ("wide", 2), "the oldest waiting task gets the freed room first"
+    assert futures[1].exception(timeout=1) is not None and not futures[2].done()
 
 
 def test_prefetch_capacity_must_not_be_negative():
