@@ -6,7 +6,6 @@ Each block here is a real single-node Dragon runtime started by Parsl's ``LocalP
 """
 import os
 import signal
-import time
 
 import pytest
 from parsl import python_app
@@ -16,6 +15,7 @@ from parsl.providers import LocalProvider
 from parsl_dragon import ServerLost
 from parsl_dragon.connection import read_connection
 from parsl_dragon.launchers import default_launcher
+from tests.integration.test_slurm import wait_until
 
 BLOCK_START = 240.0  # two runtimes starting at once on 2 cores
 
@@ -32,16 +32,6 @@ def provider(**kwargs):
     options = dict(init_blocks=2, min_blocks=0, max_blocks=2, launcher=default_launcher())
     options.update(kwargs)
     return LocalProvider(**options)
-
-
-def wait_until(predicate, timeout, what, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting for {what}"
-        time.sleep(interval)
 
 
 def connected_blocks(executor):
