@@ -448,7 +448,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
             watcher.join(timeout=5)
         self._client.close()  # type: ignore[union-attr]
         with self._lock:
-            left = list(self._tasks.values()) + []
+            left = list(self._tasks.values())
             self._tasks.clear()
             self._router.clear()
         for future in left:

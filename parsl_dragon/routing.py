@@ -1,7 +1,7 @@
 """Which server gets which task: the executor's queue of waiting tasks and each server's window.
 
 Pure bookkeeping (no sockets, no threads, no dragon): ``DragonExecutor`` calls a
-:class:`TaskRouter` with its lock held and sends the :class:`Send` s it returns.
+:class:`TaskRouter` with its lock held and hands the returned :class:`Send` records to its client.
 
 * A server holds at most ``workers + prefetch`` tasks (HTEX's ``prefetch_capacity``);
   a server that said it is stopping takes none.
