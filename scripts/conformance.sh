@@ -55,8 +55,14 @@ cd "$WORK"
 exec 9>>/tmp/parsl-dragon-integration.lock
 flock 9
 rc=0
+# Left out, as for Parsl's own runs: cleannet (needs no network), unix_filesystem_permissions_required.
+# Also left out: test_stdout_stderr_staging_zip, a race inside Parsl's test itself (Parsl issue
+# #3467, open): it reads staging.zip, without the zip's file lock, while Parsl's stderr stage-out
+# (a thread of the driver's internal ThreadPool, not this executor) may still be rewriting it;
+# here it failed once in three conformance runs with "BadZipFile: Bad magic number for central
+# directory". test_stdout_staging_file still covers stdout staging through DragonExecutor.
 "$PY" -m pytest "$PARSL_TESTS" \
-    -k "not cleannet and not unix_filesystem_permissions_required" \
+    -k "not cleannet and not unix_filesystem_permissions_required and not test_stdout_stderr_staging_zip" \
     --config "$CONFIG" \
     --random-order \
     -p no:cacheprovider \
