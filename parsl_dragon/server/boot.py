@@ -17,7 +17,12 @@ It runs *outside* Dragon and:
    on PATH and a per-block token in the environment of every process it starts;
 5. on SIGTERM/SIGINT/SIGHUP asks the runtime to stop, then escalates;
 6. after the runtime exits, kills any process still carrying the token and
-   removes this runtime's ``/dev/shm`` pools, so nothing outlives the block.
+   removes this runtime's ``/dev/shm`` pools, so nothing outlives the block;
+7. if the runtime failed before our server announced itself (its connection file
+   never appeared) and no stop was asked for, starts it once more: Dragon's
+   multi-node start-up over TCP fails now and then under load ("Expected TAUp
+   during startup", "timed out waiting for LS bringup"), and a second start usually
+   works. Both attempts are in ``dragon.log``; the driver's start-up timeout bounds both.
 
 Only one boot runs per block: a second copy (a launcher that starts one per node)
 finds the block's lock taken and exits with ``DUPLICATE_EXIT``.
@@ -46,6 +51,8 @@ logger = logging.getLogger("parsl_dragon.server.boot")
 TOKEN_VAR = "PARSL_DRAGON_BLOCK_TOKEN"
 NODES_VAR = "PARSL_DRAGON_NODES_PER_BLOCK"  # exported by launchers.DragonLauncher
 STOP_GRACE_SECONDS = 10.0
+START_ATTEMPTS = 2         # see 7. above
+RETRY_PAUSE_SECONDS = 5.0  # lets the first attempt's processes on the other nodes go
 DUPLICATE_EXIT = 3
 _SIOCGIFADDR, _SIOCGIFFLAGS, _IFF_UP = 0x8915, 0x8913, 0x1
 
@@ -270,12 +277,17 @@ def _dragon_launchers() -> List[int]:
 
 
 class Boot:
-    """Runs the runtime as a child, forwards stop signals, cleans up afterwards."""
+    """Runs the runtime as a child, forwards stop signals, cleans up afterwards, and starts it
+    again (up to ``attempts`` times) when it fails before the server came up."""
 
-    def __init__(self, command: List[str], env: Dict[str, str], log_path: str, token: str) -> None:
+    def __init__(self, command: List[str], env: Dict[str, str], log_path: str, token: str,
+                 connection_file: Optional[str] = None, attempts: int = START_ATTEMPTS,
+                 pause: float = RETRY_PAUSE_SECONDS) -> None:
         self.command, self.env, self.log_path, self.token = command, env, log_path, token
+        self.connection_file, self.attempts, self.pause = connection_file, attempts, pause
         self.child: Optional[subprocess.Popen] = None
         self.stop_requested = 0.0
+        self.server_seen = False
 
     def _on_signal(self, signum, _frame) -> None:
         logger.info("Received %s: stopping the runtime", signal.Signals(signum).name)
@@ -287,6 +299,21 @@ class Boot:
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
+        attempt = 0
+        while True:
+            attempt += 1
+            code = self._run_once()
+            if code == 0 or self.stop_requested or self.server_seen or attempt >= self.attempts:
+                return code
+            logger.warning("Runtime failed (code %s) before the server came up (attempt %d of %d): "
+                           "starting it again in %.0fs", code, attempt, self.attempts, self.pause)
+            deadline = time.monotonic() + self.pause
+            while time.monotonic() < deadline and not self.stop_requested:
+                time.sleep(0.1)
+            if self.stop_requested:
+                return code
+
+    def _run_once(self) -> int:
         with open(self.log_path, "ab") as log:
             self.child = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL)
@@ -304,10 +331,23 @@ class Boot:
                 return self.child.wait(timeout=0.5)
             except subprocess.TimeoutExpired:
                 pass
+            finally:
+                self._note_server()
             if self.stop_requested and time.monotonic() - self.stop_requested > STOP_GRACE_SECONDS:
                 logger.warning("Runtime did not stop within %.0fs: killing it", STOP_GRACE_SECONDS)
                 self.child.kill()
                 kill_leftovers(self.token)
+
+    def _note_server(self) -> None:
+        if not self.server_seen and self.connection_file and os.path.exists(self.connection_file):
+            self.server_seen = True
+
+
+def server_flag(server_args: List[str], flag: str) -> Optional[str]:
+    """The value of ``flag`` among the server's arguments, or None."""
+    if flag in server_args[:-1]:
+        return server_args[server_args.index(flag) + 1]
+    return None
 
 
 def take_block_lock(block_dir: str) -> Optional[TextIO]:
@@ -363,7 +403,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         logger.error("%s", exc)
         print(f"parsl-dragon boot: {exc}", file=sys.stderr)
         return 127
-    return Boot(command, env, os.path.join(args.block_dir, "dragon.log"), token).run()
+    return Boot(command, env, os.path.join(args.block_dir, "dragon.log"), token,
+                connection_file=server_flag(server_args, "--connection-file")).run()
 
 
 if __name__ == "__main__":

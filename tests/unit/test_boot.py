@@ -267,3 +267,45 @@ def test_cleanup_shim_shadows_the_user_wide_dragon_cleanup(tmp_path, monkeypatch
     assert found == str(tmp_path / "bin" / "dragon-cleanup")
     done = subprocess.run([found, "--only-be"], capture_output=True, text=True, env=env)
     assert done.returncode == 0 and "skipped user-wide dragon-cleanup --only-be" in done.stderr
+
+
+# ---------------------------------------------------------------- start-up retry
+
+@pytest.fixture
+def run_boot(tmp_path):
+    """Run Boot over a stand-in runtime (a shell script); Boot's signal handlers are undone after."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+
+    def run(script, **kwargs):
+        runtime = _write_executable(tmp_path / "runtime", "#!/bin/sh\n" + script)
+        env = dict(os.environ, ATTEMPTS=str(tmp_path / "attempts"), CONN=str(tmp_path / "connection.json"))
+        runner = boot.Boot([str(runtime)], env, str(tmp_path / "dragon.log"), uuid.uuid4().hex,
+                           connection_file=str(tmp_path / "connection.json"), pause=0.1, **kwargs)
+        return runner.run(), (tmp_path / "attempts").read_text().count("x") if (tmp_path / "attempts").exists() else 0
+
+    yield run
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def test_a_runtime_that_fails_before_the_server_is_started_once_more(run_boot, caplog):
+    with caplog.at_level(logging.WARNING, logger="parsl_dragon.server.boot"):
+        code, attempts = run_boot('echo -n x >> "$ATTEMPTS"; [ "$(cat "$ATTEMPTS")" = xx ] && exit 0; exit 1\n')
+    assert (code, attempts) == (0, 2), "the second start worked"
+    assert "before the server came up (attempt 1 of 2)" in caplog.text
+
+
+def test_a_runtime_that_keeps_failing_is_given_up_after_the_attempts(run_boot):
+    assert run_boot('echo -n x >> "$ATTEMPTS"; exit 7\n') == (7, 2)
+    assert run_boot('echo -n x >> "$ATTEMPTS"; exit 7\n', attempts=1)[0] == 7
+
+
+def test_no_second_start_once_the_server_had_come_up(run_boot):
+    script = 'echo -n x >> "$ATTEMPTS"; echo {} > "$CONN"; sleep 1; rm "$CONN"; exit 1\n'
+    assert run_boot(script) == (1, 1), "a runtime that failed after the server was up is not restarted"
+
+
+def test_server_flag_finds_the_value():
+    args = ["--connection-file", "/b/connection.json", "--debug"]
+    assert boot.server_flag(args, "--connection-file") == "/b/connection.json"
+    assert boot.server_flag(args, "--log-file") is None and boot.server_flag(["--debug"], "--debug") is None
