@@ -11,8 +11,9 @@ It runs *outside* Dragon and:
 2. chooses the launch mode: single-node (``dragon -s``) outside an allocation or
    in a one-node allocation, Dragon's WLM mode (``-w slurm`` / ``-w pbs+pals``)
    in a multi-node one;
-3. resolves the address the server publishes (``--host-address auto`` or an
-   interface name) here, on the block's first node, where the server runs;
+3. passes the server's ``--host-address`` (``auto`` or an interface name) through:
+   the server resolves it itself (``server/address.py``), because Dragon may start its
+   head process on another node of the allocation than the one boot runs on;
 4. runs ``dragon ... python -m parsl_dragon.server.main`` with the venv's ``bin/``
    on PATH and a per-block token in the environment of every process it starts;
 5. on SIGTERM/SIGINT/SIGHUP asks the runtime to stop, then escalates;
@@ -33,13 +34,11 @@ import argparse
 import ctypes
 import fcntl
 import glob
-import ipaddress
 import logging
 import os
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -54,7 +53,6 @@ STOP_GRACE_SECONDS = 10.0
 START_ATTEMPTS = 2         # see 7. above
 RETRY_PAUSE_SECONDS = 5.0  # lets the first attempt's processes on the other nodes go
 DUPLICATE_EXIT = 3
-_SIOCGIFADDR, _SIOCGIFFLAGS, _IFF_UP = 0x8915, 0x8913, 0x1
 
 
 def hsta_available() -> bool:
@@ -96,74 +94,6 @@ def launch_mode_args(env: Dict[str, str]) -> List[str]:
     if nodes <= 1:
         return ["-s"]
     return ["-w", "slurm"] if env.get("SLURM_JOB_ID") else ["-w", "pbs+pals"]
-
-
-def _is_loopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return True
-
-
-def _resolve(name: str) -> Optional[str]:
-    try:
-        return socket.gethostbyname(name)
-    except OSError:
-        return None
-
-
-def interface_address(name: str) -> Optional[str]:
-    """IPv4 address of network interface ``name`` if it is up, else None (Linux ioctls)."""
-    packed = struct.pack("256s", name.encode()[:15])
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        try:
-            flags = struct.unpack("H", fcntl.ioctl(sock.fileno(), _SIOCGIFFLAGS, packed)[16:18])[0]
-            if not flags & _IFF_UP:
-                return None
-            return socket.inet_ntoa(fcntl.ioctl(sock.fileno(), _SIOCGIFADDR, packed)[20:24])
-        except OSError:
-            return None
-
-
-def host_address(value: str) -> str:
-    """The address the server publishes, resolved on the node where it runs.
-
-    ``auto``: this host's name if it resolves to a non-loopback address (Debian maps
-    the hostname to 127.0.1.1, unreachable from a login node), else the IPv4 address
-    of the first interface that is up and not loopback, else 127.0.0.1. The name of a
-    local interface (``hsn0``, ``bond0``) gives that interface's address. Anything
-    else is an address or name the user chose, passed through."""
-    if value != "auto":
-        address = interface_address(value) if value in _interface_names() else None
-        return address or value
-    for name in (socket.getfqdn(), socket.gethostname()):
-        address = _resolve(name)
-        if address is not None and not _is_loopback(address):
-            return address
-    for name in _interface_names():
-        address = interface_address(name)
-        if address is not None and not _is_loopback(address):
-            return address
-    logger.warning("No non-loopback address found on %s: publishing 127.0.0.1 (only clients on this "
-                   "host can connect)", socket.gethostname())
-    return "127.0.0.1"
-
-
-def _interface_names() -> List[str]:
-    try:
-        return [name for _, name in sorted(socket.if_nameindex())]
-    except OSError:
-        return []
-
-
-def resolve_server_args(server_args: List[str]) -> List[str]:
-    """Replace the value of ``--host-address`` by :func:`host_address` of it."""
-    args = list(server_args)
-    for i, arg in enumerate(args[:-1]):
-        if arg == "--host-address":
-            args[i + 1] = host_address(args[i + 1])
-            logger.info("Server address: %s (from --host-address %s)", args[i + 1], server_args[i + 1])
-    return args
 
 
 def dragon_command(transport: str, env: Dict[str, str], server_args: List[str]) -> List[str]:
@@ -390,7 +320,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         logger.error("%s", message)
         print(f"parsl-dragon boot: {message}", file=sys.stderr)
         return DUPLICATE_EXIT
-    server_args = resolve_server_args([a for a in args.server_args if a != "--"])
+    server_args = [a for a in args.server_args if a != "--"]
     server_args += ["--launcher-pid", str(os.getpid())]
     token = uuid.uuid4().hex
     env = block_environment(token, cleanup_shim(args.block_dir))

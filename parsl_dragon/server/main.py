@@ -8,6 +8,7 @@ graceful stop.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import signal
@@ -16,10 +17,12 @@ import sys
 from typing import List, Optional
 
 from parsl_dragon import security
+from parsl_dragon.server import address
 from parsl_dragon.server.ranks import START_TIMEOUT_SECONDS
 from parsl_dragon.server.service import Server, ServerOptions
 
 logger = logging.getLogger("parsl_dragon.server")
+_STACK_DUMPS = None  # the open log file faulthandler writes to (kept open for the server's life)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(path: str, debug: bool) -> None:
+    """Log to ``path``; ``kill -USR1 <server pid>`` appends every thread's stack to it (for a
+    server that hangs inside a runtime call)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    global _STACK_DUMPS
+    _STACK_DUMPS = open(path, "a")
+    faulthandler.register(signal.SIGUSR1, file=_STACK_DUMPS, all_threads=True)
     logging.basicConfig(
         filename=path, level=logging.DEBUG if debug else logging.INFO,
         format="%(asctime)s.%(msecs)03d %(name)s:%(lineno)d %(process)d %(threadName)s %(levelname)s %(message)s",
@@ -55,14 +63,10 @@ def setup_logging(path: str, debug: bool) -> None:
 
 
 def resolve_host_address(value: str) -> str:
-    """``auto``: this node's resolved host address (what a driver elsewhere can reach)."""
-    if value != "auto":
-        return value
-    try:
-        return socket.gethostbyname(socket.getfqdn())
-    except OSError:
-        logger.warning("Could not resolve this host's address; publishing 127.0.0.1")
-        return "127.0.0.1"
+    """``--host-address`` resolved here, on the node Dragon started the server on."""
+    resolved = address.host_address(value)
+    logger.info("Server address: %s (from --host-address %s) on %s", resolved, value, socket.gethostname())
+    return resolved
 
 
 def batch_job_id(env) -> Optional[str]:

@@ -158,6 +158,14 @@ def test_two_node_block_runs_tasks_on_both_nodes(mn_cluster, no_leaks, tmp_path)
     assert result["error"] is None, f"{result}\n{_logs(run_dir)}"
     boot_log = glob.glob(os.path.join(run_dir, "*", "dragon", "block-0", "boot.log"))[0]
     assert "launch mode -w slurm" in open(boot_log).read()
+    # Dragon picks the node of its head process (our server), not always the batch node: the
+    # server must publish the address of its own node (scripts/slurm/multinode-common.sh: nodeN
+    # is 10.77.0.1N).
+    server_log = glob.glob(os.path.join(run_dir, "*", "dragon", "block-0", "server.log"))[0]
+    line = next(line for line in open(server_log) if "Server address: " in line)
+    address, host = line.split("Server address: ")[1].split()[0], line.rsplit(" on ", 1)[1].strip()
+    print(f"server on {host}, publishing {address}")
+    assert host in NODES and address == f"10.77.0.1{host[len('node'):]}", line
     assert set(result["hosts"]) == set(NODES), f"tasks ran on {result['hosts']}"
     assert result["bash_host"] in NODES
     assert sorted(line.split("] ")[1] for line in result["rank_hosts"]) == NODES, \

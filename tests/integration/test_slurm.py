@@ -195,8 +195,9 @@ def test_python_and_bash_apps_run_in_a_slurm_block_and_shutdown_ends_the_job(loa
     out = tmp_path / "bash.out"
     assert job_id_to(str(out)).result(timeout=60) == 0
     assert out.read_text().split() == [job_id, "debug"]
-    boot_log = glob.glob(str(tmp_path / "runinfo" / "*" / "dragon" / "block-0" / "boot.log"))[0]
-    published = [line.split("Server address: ")[1].split()[0] for line in open(boot_log) if "Server address: " in line]
+    server_log = glob.glob(str(tmp_path / "runinfo" / "*" / "dragon" / "block-0" / "server.log"))[0]
+    published = [line.split("Server address: ")[1].split()[0] for line in open(server_log)
+                 if "Server address: " in line]
     assert published and not published[0].startswith("127."), "--host-address auto resolved to a reachable address"
     assert job_state(job_id) == "RUNNING"
     shm = mapped_shm(job_processes(job_id))

@@ -22,7 +22,7 @@ from parsl.providers import PBSProProvider, SlurmProvider
 
 from parsl_dragon.errors import ConfigurationError
 from parsl_dragon.launchers import NODES_VAR, DragonLauncher, check_launcher, default_launcher
-from parsl_dragon.server import boot
+from parsl_dragon.server import address, boot
 
 BOOT = "/venv/bin/python -m parsl_dragon.server.boot --block-dir /run/block-0 --transport auto -- --block-id 0"
 
@@ -237,50 +237,69 @@ def test_block_size_mismatch_is_logged(caplog):
 
 @pytest.fixture
 def network(monkeypatch):
-    """Fake name resolution and interfaces for boot.host_address."""
+    """Fake name resolution and interfaces for address.host_address."""
     def setup(names, interfaces):
-        monkeypatch.setattr(boot.socket, "getfqdn", lambda: "node.example")
-        monkeypatch.setattr(boot.socket, "gethostname", lambda: "node")
-        monkeypatch.setattr(boot, "_resolve", lambda name: names.get(name))
-        monkeypatch.setattr(boot, "_interface_names", lambda: list(interfaces))
-        monkeypatch.setattr(boot, "interface_address", lambda name: interfaces.get(name))
+        monkeypatch.setattr(address.socket, "getfqdn", lambda: "node.example")
+        monkeypatch.setattr(address.socket, "gethostname", lambda: "node")
+        monkeypatch.setattr(address, "_resolve", lambda name: names.get(name))
+        monkeypatch.setattr(address, "_interface_names", lambda: list(interfaces))
+        monkeypatch.setattr(address, "interface_address", lambda name: interfaces.get(name))
     return setup
 
 
 def test_auto_uses_the_resolved_host_name(network):
     network({"node.example": "10.1.2.3"}, {"lo": "127.0.0.1", "eth0": "192.168.0.5"})
-    assert boot.host_address("auto") == "10.1.2.3"
+    assert address.host_address("auto") == "10.1.2.3"
 
 
 def test_auto_skips_debians_loopback_host_entry_for_an_interface(network):
     network({"node.example": "127.0.1.1", "node": "127.0.1.1"}, {"lo": "127.0.0.1", "down0": None,
                                                                   "hsn0": "10.100.0.7"})
-    assert boot.host_address("auto") == "10.100.0.7"
+    assert address.host_address("auto") == "10.100.0.7"
 
 
 def test_auto_falls_back_to_loopback_with_a_warning(network, caplog):
     network({}, {"lo": "127.0.0.1"})
-    with caplog.at_level(logging.WARNING, logger="parsl_dragon.server.boot"):
-        assert boot.host_address("auto") == "127.0.0.1"
+    with caplog.at_level(logging.WARNING, logger="parsl_dragon.server.address"):
+        assert address.host_address("auto") == "127.0.0.1"
     assert "only clients on this host" in caplog.text
 
 
 def test_interface_names_and_explicit_addresses(network):
     network({}, {"lo": "127.0.0.1", "hsn0": "10.100.0.7"})
-    assert boot.host_address("hsn0") == "10.100.0.7"
-    assert boot.host_address("10.9.9.9") == "10.9.9.9"
-    assert boot.host_address("login01.example") == "login01.example"
+    assert address.host_address("hsn0") == "10.100.0.7"
+    assert address.host_address("10.9.9.9") == "10.9.9.9"
+    assert address.host_address("login01.example") == "login01.example"
 
 
-def test_resolve_server_args_replaces_only_the_address(network):
+def test_boot_passes_the_host_address_through_for_the_server_to_resolve(tmp_path, monkeypatch):
+    """Dragon may start the server on another node than boot's: boot must not resolve it."""
+    started = []
+
+    class RecordingBoot:
+        def __init__(self, command, *args, **kwargs):
+            started.append(command)
+
+        def run(self):
+            return 0
+
+    monkeypatch.setattr(boot, "Boot", RecordingBoot)
+    monkeypatch.setattr(boot, "dragon_command", lambda transport, env, server_args: ["dragon", *server_args])
+    monkeypatch.setattr(logging, "basicConfig", lambda **kwargs: None)
+    assert boot.main(["--block-dir", str(tmp_path), "--transport", "tcp", "--", "--host-address", "auto"]) == 0
+    assert started[0][1:3] == ["--host-address", "auto"]
+
+
+def test_server_resolves_and_logs_its_address(network, caplog):
+    from parsl_dragon.server import main
     network({"node.example": "10.1.2.3"}, {})
-    args = ["--block-id", "auto", "--host-address", "auto", "--prefetch", "0"]
-    assert boot.resolve_server_args(args) == ["--block-id", "auto", "--host-address", "10.1.2.3", "--prefetch", "0"]
-    assert boot.resolve_server_args(["--host-address", "127.0.0.1"]) == ["--host-address", "127.0.0.1"]
+    with caplog.at_level(logging.INFO, logger="parsl_dragon.server"):
+        assert main.resolve_host_address("auto") == "10.1.2.3"
+    assert "Server address: 10.1.2.3 (from --host-address auto) on node" in caplog.text
 
 
 def test_real_interfaces_of_this_host():
-    assert boot.interface_address("lo") == "127.0.0.1"
-    assert boot.interface_address("no-such-if0") is None
-    assert not boot.host_address("auto").startswith("127.") or not [
-        n for n in boot._interface_names() if n != "lo" and boot.interface_address(n)]
+    assert address.interface_address("lo") == "127.0.0.1"
+    assert address.interface_address("no-such-if0") is None
+    assert not address.host_address("auto").startswith("127.") or not [
+        n for n in address._interface_names() if n != "lo" and address.interface_address(n)]
