@@ -50,7 +50,7 @@ def boot_command(launch: BlockLaunch, key_path: str, transport: str, idle_timeou
             "--connection-file", launch.connection_file,
             "--log-file", os.path.join(launch.block_dir, "server.log"),
             "--key-dir", key_path, "--block-id", launch.block_id,
-            "--idle-timeout", str(idle_timeout_s if idle_timeout_s is not None else -1)]
+            "--idle-timeout", str(seconds_flag(idle_timeout_s))]
     for name, value in server_options.items():
         flag = "--" + name.replace("_", "-")
         if value is True:
@@ -58,6 +58,11 @@ def boot_command(launch: BlockLaunch, key_path: str, transport: str, idle_timeou
         elif value is not None and value is not False:
             args += [flag, str(value)]
     return " ".join(shlex.quote(a) for a in args)
+
+
+def seconds_flag(seconds: Optional[float]) -> float:
+    """A server flag's value for a timeout: seconds, or -1 for "wait forever" (``None``)."""
+    return -1 if seconds is None else seconds
 
 
 def tail(path: str, lines: int = 5) -> str:

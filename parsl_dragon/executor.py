@@ -38,7 +38,7 @@ from parsl.utils import RepresentationMixin
 
 from parsl_dragon import protocol as p
 from parsl_dragon import security
-from parsl_dragon.blocks import BlockLaunch, boot_command, wait_for_server
+from parsl_dragon.blocks import BlockLaunch, boot_command, seconds_flag, wait_for_server
 from parsl_dragon.client import DragonClient, ServerLink
 from parsl_dragon.connection import connection_path, read_connection, remove_connection
 from parsl_dragon.errors import (ConfigurationError, DragonExecutorError,
@@ -236,7 +236,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
                                 "host_address": self._host_address(), "default_pmi": self.pmi,
                                 "heartbeat_period": self.heartbeat_period,
                                 "heartbeat_threshold": self.heartbeat_threshold,
-                                "rank_startup_timeout": _seconds_or_forever(self.settings.rank_startup_timeout_s),
+                                "rank_startup_timeout": seconds_flag(self.settings.rank_startup_timeout_s),
                                 "workers_per_node": self.workers_per_node_arg,
                                 "cores_per_node": self.cores_per_node, "debug": self.worker_debug})
 
@@ -454,11 +454,6 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         for future in left:
             _set_exception(future, DragonExecutorError("executor shut down before the task finished", self))
         logger.info("DragonExecutor %s shut down", self.label)
-
-
-def _seconds_or_forever(seconds: Optional[float]) -> float:
-    """A server flag's value: seconds, or -1 for "wait forever"."""
-    return -1 if seconds is None else seconds
 
 
 def _set_exception(future: Future, exc: BaseException) -> None:
