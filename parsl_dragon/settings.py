@@ -73,6 +73,11 @@ def _path(value: object, name: str) -> str:
     return os.path.abspath(text)
 
 
+def _seconds(ms: int) -> Optional[float]:
+    """A timeout in ms as seconds; ``-1`` (wait forever) as ``None``."""
+    return None if ms == -1 else ms / 1000.0
+
+
 @dataclass(frozen=True)
 class Settings:
     """Effective settings of one executor, after precedence is applied."""
@@ -87,17 +92,17 @@ class Settings:
     @property
     def timeout_s(self) -> Optional[float]:
         """``timeout_ms`` in seconds; ``None`` means wait forever."""
-        return None if self.timeout_ms == -1 else self.timeout_ms / 1000.0
+        return _seconds(self.timeout_ms)
 
     @property
     def startup_timeout_s(self) -> Optional[float]:
         """``startup_timeout_ms`` in seconds; ``None`` means wait forever."""
-        return None if self.startup_timeout_ms == -1 else self.startup_timeout_ms / 1000.0
+        return _seconds(self.startup_timeout_ms)
 
     @property
     def rank_startup_timeout_s(self) -> Optional[float]:
         """``rank_startup_timeout_ms`` in seconds; ``None`` means wait forever."""
-        return None if self.rank_startup_timeout_ms == -1 else self.rank_startup_timeout_ms / 1000.0
+        return _seconds(self.rank_startup_timeout_ms)
 
 
 def resolve_settings(*, server_path: Optional[str] = None, transport: Optional[str] = None,

@@ -74,6 +74,11 @@ def batch_job_id(env) -> Optional[str]:
     return env.get("SLURM_JOB_ID") or env.get("PBS_JOBID") or None
 
 
+def _limit(seconds: float) -> Optional[float]:
+    """A timeout flag's value: seconds, or ``None`` (no limit) when negative."""
+    return None if seconds < 0 else seconds
+
+
 def options_from(args: argparse.Namespace) -> ServerOptions:
     server_keys = security.load_pair(args.key_dir, security.SERVER, create=False)
     trusted = [security.load_public(args.key_dir, security.CLIENT)] + [k.encode() for k in args.trust]
@@ -82,9 +87,9 @@ def options_from(args: argparse.Namespace) -> ServerOptions:
         server_keys=server_keys, client_keys=trusted, host_address=resolve_host_address(args.host_address),
         cores_per_node=args.cores_per_node, default_pmi=args.default_pmi,
         heartbeat_period=args.heartbeat_period, heartbeat_threshold=args.heartbeat_threshold,
-        idle_timeout=None if args.idle_timeout < 0 else args.idle_timeout,
+        idle_timeout=_limit(args.idle_timeout),
         job_id=args.job_id or batch_job_id(os.environ), block_id=args.block_id, launcher_pid=args.launcher_pid,
-        rank_startup_timeout=None if args.rank_startup_timeout < 0 else args.rank_startup_timeout)
+        rank_startup_timeout=_limit(args.rank_startup_timeout))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
