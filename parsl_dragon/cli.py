@@ -13,7 +13,9 @@ A PATH is a connection file or a directory searched recursively for
     stale        its pid is gone from this host (or another server answers at its address)
     unreachable  no answer within --timeout
     rejected     it refused us: our key is not trusted, or the versions differ
-    damaged      the connection file cannot be read
+    refused      we refuse the connection file: another user owns or can write it or its
+                 directory, or it is not a regular file (a symlink, a FIFO); nothing it says is used
+    damaged      the connection file cannot be read, or a field has the wrong type
 
 Teardown of one server::
 
@@ -55,14 +57,15 @@ from parsl_dragon import security
 from parsl_dragon.client import DragonClient
 from parsl_dragon.connection import CONNECTION_FILE, ConnectionInfo, read_connection, remove_connection
 from parsl_dragon.errors import (AuthenticationFailed, ConfigurationError, DragonExecutorError, HandshakeTimeout,
-                                 ServerConnectionError, VersionMismatch)
+                                 InsecurePath, ServerConnectionError, VersionMismatch)
 from parsl_dragon.server import boot
 from parsl_dragon.settings import ENV_KEY_PATH, ENV_SERVER_PATH, resolve_settings
 
 logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-LIVE, STALE, UNREACHABLE, REJECTED, DAMAGED = "live", "stale", "unreachable", "rejected", "damaged"
+LIVE, STALE, UNREACHABLE, REJECTED = "live", "stale", "unreachable", "rejected"
+REFUSED, DAMAGED = "refused", "damaged"  # the connection file itself: not trusted / not readable
 HANDSHAKE_TIMEOUT = 3.0
 TEARDOWN_TIMEOUT = 30.0
 BOOT_GRACE = boot.STOP_GRACE_SECONDS + 5.0  # boot stops the runtime, then cleans up
@@ -74,11 +77,12 @@ _BOOT_LOG_LAUNCH = re.compile(r"Started dragon \(pid (\d+)\)")
 # ---- discovery --------------------------------------------------------------
 @dataclass
 class Found:
-    """One connection file: what it says, or why it cannot be read."""
+    """One connection file: what it says, or why it cannot be read (``refused``: why it is not trusted)."""
 
     path: str
     info: Optional[ConnectionInfo] = None
     error: str = ""
+    refused: bool = False
 
 
 def default_paths(env: Dict[str, str]) -> List[str]:
@@ -88,10 +92,11 @@ def default_paths(env: Dict[str, str]) -> List[str]:
 
 
 def find_connection_files(paths: Sequence[str]) -> List[str]:
-    """Files given as such, plus every ``connection.json`` below the directories (once each)."""
+    """Paths given that are not directories (even FIFOs: reading refuses them), plus every
+    ``connection.json`` below the directories (once each)."""
     found: Dict[str, str] = {}
     for path in paths:
-        if os.path.isfile(path):
+        if not os.path.isdir(path):
             found.setdefault(os.path.realpath(path), os.path.abspath(path))
         for root, dirs, files in os.walk(path):
             dirs.sort()
@@ -102,14 +107,15 @@ def find_connection_files(paths: Sequence[str]) -> List[str]:
 
 
 def load_found(paths: Sequence[str]) -> List[Found]:
+    """Every connection file found, read: its contents, or why they cannot be used."""
     result = []
     for path in find_connection_files(paths):
         try:
             result.append(Found(path, read_connection(path)))
         except FileNotFoundError:
             continue  # its server stopped meanwhile
-        except ConfigurationError as exc:
-            result.append(Found(path, error=exc.message))
+        except ConfigurationError as exc:  # InsecurePath (refused) included
+            result.append(Found(path, error=exc.message, refused=isinstance(exc, InsecurePath)))
     return result
 
 
@@ -324,7 +330,7 @@ def probe(found: Found, sessions: Sessions) -> Tuple[str, str]:
     """(state, why) of the server a connection file names."""
     info = found.info
     if info is None:
-        return DAMAGED, found.error
+        return (REFUSED if found.refused else DAMAGED), found.error
     if on_this_host(info) and not Block(info).server_running():
         if is_running(info.pid):
             return STALE, f"pid {info.pid} is now another process (it does not carry the block token)"
@@ -360,8 +366,8 @@ def format_age(seconds: float) -> str:
 
 
 def format_record(r: Dict[str, object]) -> str:
-    if r["state"] == DAMAGED:
-        return f"{DAMAGED:<12} {r['connection_file']}\n  why        {r['why']}"
+    if r["state"] in (REFUSED, DAMAGED):
+        return f"{r['state']:<12} {r['connection_file']}\n  why        {r['why']}"
     where = "this host" if r["this_host"] else "another host"
     lines = [f"{r['state']:<12} server {r['server_id']}  block {r['block_id'] or '-'}  "
              f"job {r['job_id'] or '-'}  age {format_age(r['age_s'])}",  # type: ignore[arg-type]
@@ -502,6 +508,8 @@ def clean_local(found: Found, block: Block, launcher: Optional[int], out: Report
         out.say("kept the connection file: the server is still running", ok=False)
     elif remove_connection(found.path, block.info.server_id):
         out.say(f"removed the stale connection file {found.path}")
+    elif os.path.lexists(found.path):
+        out.say(f"kept the connection file: it no longer names this server, or is refused now ({found.path})")
     else:
         out.say("connection file already removed by the server")
 
@@ -574,8 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
     subs = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     status = subs.add_parser("status", help="show the servers found and whether each is live",
-                             description="Show each server found: live, stale, unreachable, rejected or damaged. "
-                                         "Exit 0 only if at least one was found and all are live.")
+                             description="Show each server found: live, stale, unreachable, rejected, refused or "
+                                         "damaged. Exit 0 only if at least one was found and all are live.")
     _add_common(status, HANDSHAKE_TIMEOUT, f"handshake timeout per server (default {HANDSHAKE_TIMEOUT:.0f})")
     status.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     status.set_defaults(run=cmd_status)

@@ -6,7 +6,8 @@ Every error this package raises on purpose derives from Parsl's ``ExecutorError`
     ExecutorError (parsl)
      └── DragonExecutorError
           ├── ConfigurationError        bad argument / environment value / launcher
-          │    └── InsecureKeyPath      key directory or secret file too open
+          │    └── InsecurePath         a file or directory that others own or can write
+          │         └── InsecureKeyPath key directory or secret file too open
           ├── ServerStartupError        block never produced a live server (says where the log is)
           ├── ServerConnectionError          cannot talk to a server
           │    ├── AuthenticationFailed server rejected this client's CURVE key
@@ -14,6 +15,8 @@ Every error this package raises on purpose derives from Parsl's ``ExecutorError`
           │    └── VersionMismatch      protocol / Parsl / Python versions differ
           ├── ServerLost                server stopped answering (retryable: resubmit)
           ├── WorkerLost                a worker died while running the task
+          ├── TaskLost                  lost in flight when a link dropped and came back (retryable)
+          ├── PayloadTooLarge           arguments or result over one message's size limit
           ├── RankLaunchError           ranks of an MPI task could not be launched (PMI, timeout)
           └── ProtocolError             malformed or unknown message (also a ValueError)
 
@@ -51,7 +54,12 @@ class ConfigurationError(DragonExecutorError):
     """A configuration value (argument, environment variable, launcher) is invalid."""
 
 
-class InsecureKeyPath(ConfigurationError):
+class InsecurePath(ConfigurationError):
+    """A file or directory that others own or can write (or a symlink, FIFO, ... where a
+    plain file or directory belongs): what it holds could be forged, so it is not used."""
+
+
+class InsecureKeyPath(InsecurePath):
     """A key directory is not 0700 or a secret key file is not 0600."""
 
 
@@ -81,6 +89,16 @@ class ServerLost(DragonExecutorError):
 
 class WorkerLost(DragonExecutorError):
     """The worker process running a task died before returning a result."""
+
+
+class TaskLost(DragonExecutorError):
+    """The task was lost in flight when its link to the server dropped and came back; the
+    server never ran it or its result never arrived (retryable: resubmit)."""
+
+
+class PayloadTooLarge(DragonExecutorError):
+    """A task's packed arguments or its result exceed the size one message may have on our
+    links (``protocol.MAX_FRAME_BYTES``); the error names both sizes."""
 
 
 class RankLaunchError(DragonExecutorError):

@@ -10,6 +10,10 @@ For a task with a placement the worker exports, for the duration of the task::
     PARSL_DRAGON_RANK_REPORT  file where parsl_dragon.mpirun records failing ranks
 
 Each rank additionally gets ``PARSL_RANK``, ``PARSL_LOCAL_RANK`` and ``PARSL_NODE_RANK``.
+
+The rank report lives in a directory made for the task (0700, removed afterwards); it is
+written by replacing it with a new file and read without following a symlink, so a link
+planted at its path can neither redirect the write nor feed the read.
 """
 from __future__ import annotations
 
@@ -17,12 +21,14 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import sys
 import tempfile
 from typing import Any, Dict, Iterator, List, Tuple
 
 REPORT_VAR = "PARSL_DRAGON_RANK_REPORT"
 TASK_VAR = "PARSL_DRAGON_TASK"
+REPORT_FILE = "ranks.json"
 
 
 def task_environment(task_id: int, spec: Dict[str, Any], placement: Dict[str, Any], report: str) -> Dict[str, str]:
@@ -41,9 +47,9 @@ def task_environment(task_id: int, spec: Dict[str, Any], placement: Dict[str, An
 
 @contextlib.contextmanager
 def mpi_task(task_id: int, spec: Dict[str, Any], placement: Dict[str, Any]) -> Iterator[str]:
-    """Export the MPI variables while the task runs; yields the rank report path."""
-    fd, report = tempfile.mkstemp(prefix=f"parsl-dragon-ranks-{task_id}-", suffix=".json")
-    os.close(fd)
+    """Export the MPI variables while the task runs; yields the rank report path (not yet a file)."""
+    directory = tempfile.mkdtemp(prefix=f"parsl-dragon-ranks-{task_id}-")  # new, 0700
+    report = os.path.join(directory, REPORT_FILE)
     saved = dict(os.environ)
     os.environ.update(task_environment(task_id, spec, placement, report))
     try:
@@ -51,26 +57,34 @@ def mpi_task(task_id: int, spec: Dict[str, Any], placement: Dict[str, Any]) -> I
     finally:
         os.environ.clear()
         os.environ.update(saved)
-        with contextlib.suppress(OSError):
-            os.unlink(report)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def write_report(path: str, failed: List[Tuple[str, int]], error: str = "") -> None:
-    with open(path, "w") as handle:
-        json.dump({"failed": failed, "error": error}, handle)
+    """Record a launch's failing ranks at ``path``: a new file (O_EXCL) renamed over it, so
+    whatever is at ``path``, a symlink included, is replaced, never written through."""
+    fd, tmp = tempfile.mkstemp(prefix=".ranks-", dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump({"failed": failed, "error": error}, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def read_report(path: str) -> Tuple[List[Tuple[str, int]], str]:
     """Failing ranks and launch error recorded by the last launch; the file is removed."""
     try:
-        with open(path) as handle:
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)) as handle:
             data = json.load(handle)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         data = {}
     finally:
         with contextlib.suppress(OSError):
             os.unlink(path)
-    if not isinstance(data, dict):
+    try:
+        return [(str(label), int(code)) for label, code in data.get("failed") or []], str(data.get("error") or "")
+    except (AttributeError, TypeError, ValueError):  # not what write_report writes
         return [], ""
-    failed = [(str(label), int(code)) for label, code in data.get("failed") or []]
-    return failed, str(data.get("error") or "")

@@ -1,4 +1,4 @@
-"""CURVE keys on disk: create, load and check permissions.
+"""Files we must trust: CURVE keys on disk, and private directories and files of the driver.
 
 Layout of a key directory (``~/.parsl_dragon/keys`` unless configured)::
 
@@ -11,19 +11,30 @@ Layout of a key directory (``~/.parsl_dragon/keys`` unless configured)::
 The files are pyzmq's certificate format (``zmq.auth.create_certificates``),
 so standard tools can read them. A directory or secret file that is group- or
 world-accessible is refused with :class:`InsecureKeyPath`; secrets are never
-logged.
+logged. A pair is made in a private temporary directory and its secret file
+hard-linked into place, so processes racing to make the first pair all end up
+using the one that won.
+
+Directories the driver and its servers share (server directories, block
+directories, the run directory's parts) are made with :func:`private_directory`,
+and files read from them pass :func:`check_trusted`: a file or directory that
+another user owns or can write, or a symlink, would let that user point us at a
+server of theirs, so it is refused with :class:`InsecurePath`.
 """
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import stat
+import tempfile
 from dataclasses import dataclass
+from typing import Optional, Tuple
 
 import zmq
 import zmq.auth
 
-from parsl_dragon.errors import ConfigurationError, InsecureKeyPath
+from parsl_dragon.errors import ConfigurationError, InsecureKeyPath, InsecurePath
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +53,84 @@ class KeyPair:
         return f"KeyPair(public={self.public.decode()!r}, secret=<hidden>)"
 
 
+def _kind(mode: int) -> str:
+    """What kind of file ``mode`` describes, in words."""
+    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISREG, "a regular file"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a device"
+
+
+def _problem(path: str, st: os.stat_result, directory: bool) -> Optional[Tuple[str, str]]:
+    """(why, fix) if ``st`` is not our own directory / regular file closed to others' writes."""
+    wanted, kind = ("a directory" if directory else "a regular file"), _kind(st.st_mode)
+    if stat.S_ISLNK(st.st_mode):
+        return ("it is a symbolic link, which whoever can change it may point anywhere",
+                f"use the real path ({os.path.realpath(path)}) or replace the link")
+    if kind != wanted:
+        return f"it is {kind}, not {wanted}", "remove it or choose another path"
+    if st.st_uid != os.geteuid():
+        return (f"it belongs to uid {st.st_uid}, not to you (uid {os.geteuid()}), so that user controls it",
+                "remove it (as its owner) or choose another path")
+    if st.st_mode & 0o022:
+        return "group or others can write it, so they could forge what it holds", f"run: chmod go-w {path}"
+    return None
+
+
+def check_trusted(path: str, st: os.stat_result, what: str, directory: bool = False) -> None:
+    """Refuse ``path`` (``st`` from ``lstat`` or ``fstat``) unless it is a directory (or regular
+    file) that we own and group and others cannot write; raises :class:`InsecurePath`."""
+    problem = _problem(path, st, directory)
+    if problem is not None:
+        why, fix = problem
+        raise InsecurePath(f"refusing {what} {path} (owner uid {st.st_uid}, mode "
+                           f"{stat.S_IMODE(st.st_mode):04o}): {why}; {fix}")
+
+
+def check_trusted_file(path: str, what: str = "file") -> None:
+    """Refuse ``path`` unless it is a regular file (not a symlink) we own that others cannot write."""
+    check_trusted(path, os.lstat(path), what)
+
+
+def check_trusted_directory(path: str, what: str = "directory") -> None:
+    """Refuse ``path`` unless it is a directory (not a symlink) we own that others cannot write."""
+    check_trusted(path, os.lstat(path), what, directory=True)
+
+
+def private_directory(path: str) -> None:
+    """Make ``path`` (and missing parents) with the leaf exactly 0700, or refuse an existing one
+    that is not a directory we own and only we can write (:class:`InsecurePath`)."""
+    if not os.path.lexists(path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass  # made meanwhile, by us or by someone else: checked below like any existing one
+        else:
+            _chmod_directory(path, 0o700)  # umask may have narrowed mkdir's mode; make it exact
+    check_trusted_directory(path)
+
+
+def _chmod_directory(path: str, mode: int) -> None:
+    """chmod the directory at ``path`` itself, never what a symlink put there meanwhile points to."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
 def check_private_dir(path: str) -> None:
-    """Refuse a key directory that anybody but its owner can enter."""
-    mode = stat.S_IMODE(os.stat(path).st_mode)
+    """Refuse a key directory that anybody but its owner can enter, or that is not ours."""
+    st = os.stat(path)
+    mode = stat.S_IMODE(st.st_mode)
     if mode & 0o077:
         raise InsecureKeyPath(
             f"key directory {path} has mode {mode:04o}; it must be 0700 (run: chmod 700 {path})")
+    if st.st_uid != os.geteuid():
+        raise InsecureKeyPath(f"key directory {path} belongs to uid {st.st_uid}, not to you "
+                              f"(uid {os.geteuid()}); use a key directory of your own")
 
 
 def check_secret_file(path: str) -> None:
@@ -61,8 +144,7 @@ def check_secret_file(path: str) -> None:
 def ensure_key_dir(path: str) -> None:
     """Create ``path`` with mode 0700 if missing; refuse it if it is too open."""
     if not os.path.exists(path):
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        os.chmod(path, 0o700)  # umask may have narrowed mkdir's mode; make it exact
+        private_directory(path)
         logger.info("Created key directory %s", path)
     elif not os.path.isdir(path):
         raise ConfigurationError(f"key path {path} exists and is not a directory")
@@ -70,13 +152,24 @@ def ensure_key_dir(path: str) -> None:
 
 
 def _create_pair(key_dir: str, name: str) -> None:
-    old_umask = os.umask(0o077)
+    """Make the ``name`` pair unless another process makes it first; either way one pair is left.
+
+    The pair is written in a private temporary directory; hard-linking its secret file into
+    place fails if one is already there, so exactly one racer publishes (then its public file).
+    """
+    scratch = tempfile.mkdtemp(prefix=f".{name}-", dir=key_dir)
     try:
-        zmq.auth.create_certificates(key_dir, name)
+        public, secret = zmq.auth.create_certificates(scratch, name)
+        os.chmod(secret, 0o600)  # unreadable to others all along: the scratch directory is 0700
+        try:
+            os.link(secret, os.path.join(key_dir, os.path.basename(secret)))
+        except FileExistsError:
+            logger.debug("Another process created the CURVE %s key pair in %s first", name, key_dir)
+            return
+        os.replace(public, os.path.join(key_dir, os.path.basename(public)))
+        logger.info("Created CURVE %s key pair in %s", name, key_dir)
     finally:
-        os.umask(old_umask)
-    os.chmod(os.path.join(key_dir, f"{name}.key_secret"), 0o600)
-    logger.info("Created CURVE %s key pair in %s", name, key_dir)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def load_pair(key_dir: str, name: str, create: bool = True) -> KeyPair:

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import asdict
 
 import parsl
 import pytest
@@ -294,6 +295,68 @@ def test_damaged_file(tmp_path, capsys):
     code, out, _ = run(capsys, "status", str(tmp_path))
     assert code == 1
     assert out.startswith("damaged") and "unreadable or damaged" in out
+
+
+# ---------------------------------------------------------------- connection files we must not trust or cannot use
+
+OTHER_UID = 65534  # nobody: the tests run as root, who may chown to simulate another user
+
+
+@pytest.fixture
+def deadline():
+    """Fail (instead of hanging) if the test body blocks for more than 10 s."""
+    def expire(*_):
+        pytest.fail("blocked for 10 s")  # not an OSError: nothing may mistake it for a read error
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(10)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def test_mistyped_pid_is_damaged_not_a_crash(tmp_path, capsys):
+    path = tmp_path / "connection.json"
+    path.write_text(json.dumps({**asdict(_info()), "pid": "4242"}))
+    code, out, _ = run(capsys, "status", str(tmp_path), "--json")
+    [record] = json.loads(out)["servers"]
+    assert code == 1 and record["state"] == "damaged"
+    assert "field 'pid' must be int, not str" in record["why"] and str(path) in record["why"]
+    code, out, _ = run(capsys, "teardown", str(tmp_path))
+    assert code == 1 and "nothing done" in out and "field 'pid'" in out and path.exists()
+
+
+@pytest.mark.parametrize("explicit", [False, True])
+def test_fifo_is_refused_without_hanging(tmp_path, capsys, deadline, explicit):
+    fifo = tmp_path / "connection.json"
+    os.mkfifo(fifo, 0o600)
+    where = str(fifo if explicit else tmp_path)
+    code, out, _ = run(capsys, "status", where)
+    assert code == 1 and out.startswith(f"refused      {fifo}\n") and "it is a FIFO" in out
+    code, out, _ = run(capsys, "teardown", where)
+    assert code == 1 and "nothing done" in out and "FIFO" in out and fifo.exists()
+
+
+def test_file_of_another_user_is_refused_and_nothing_it_names_is_touched(tmp_path, capsys, spawn):
+    token = uuid.uuid4().hex
+    victim = spawn(token=token)  # what a forged file could name: a process of ours with its token
+    path = _write(tmp_path, _info(pid=victim.pid, block_token=token))
+    os.chown(path, OTHER_UID, -1)
+    code, out, _ = run(capsys, "status", str(tmp_path), "--json")
+    [record] = json.loads(out)["servers"]
+    assert code == 1 and record["state"] == "refused" and record["connection_file"] == path
+    assert f"belongs to uid {OTHER_UID}" in record["why"] and "server_id" not in record
+    code, out, _ = run(capsys, "teardown", str(tmp_path), "--force")
+    assert code == 1 and "nothing done: refusing connection file" in out and "NOT CLEAN" in out
+    assert os.path.exists(path) and victim.poll() is None
+
+
+def test_file_in_a_directory_others_can_write_is_refused(tmp_path, capsys):
+    shared = tmp_path / "shared"
+    path = _write(shared, _info())
+    os.chmod(shared, 0o777)
+    code, out, _ = run(capsys, "status", str(shared))
+    assert code == 1 and out.startswith(f"refused      {path}")
+    assert f"directory of connection file {shared}" in out and f"chmod go-w {shared}" in out
 
 
 def test_live_server(tmp_path, capsys, fake_server):

@@ -4,16 +4,20 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import threading
 import time
 
 import pytest
 import zmq
 
 from parsl_dragon import security
-from parsl_dragon.errors import ConfigurationError, DragonExecutorError, InsecureKeyPath
+from parsl_dragon.errors import ConfigurationError, DragonExecutorError, InsecureKeyPath, InsecurePath
 from parsl_dragon.server.auth import CLIENT_DOMAIN, WORKER_DOMAIN, start_authenticator
 
 pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq built without CURVE")
+
+
+OTHER_UID = 65534  # nobody: the tests run as root, who may chown to simulate another user
 
 
 def _mode(path) -> int:
@@ -193,6 +197,171 @@ def test_ephemeral_pairs_are_fresh_and_valid():
     a, b = security.ephemeral_pair(), security.ephemeral_pair()
     assert a != b
     assert zmq.curve_public(a.secret) == a.public
+
+
+def test_insecure_key_path_is_an_insecure_path():
+    assert issubclass(InsecureKeyPath, InsecurePath)
+    assert issubclass(InsecurePath, ConfigurationError)
+
+
+def test_refuses_key_directory_of_another_user(tmp_path):
+    key_dir = tmp_path / "keys"
+    key_dir.mkdir(mode=0o700)
+    os.chown(key_dir, OTHER_UID, -1)
+    with pytest.raises(InsecureKeyPath, match=f"belongs to uid {OTHER_UID}"):
+        security.load_pair(str(key_dir), security.CLIENT)
+    assert os.listdir(key_dir) == []
+
+
+def test_processes_racing_to_create_the_first_pair_all_use_one_pair(tmp_path, monkeypatch):
+    """Each racer writes its pair slowly, one after another: without care, each would load its own."""
+    real_create = zmq.auth.create_certificates
+    order = iter(range(100))
+
+    def slow_create(key_dir, name):
+        time.sleep(0.05 * next(order))  # racers finish writing at different moments
+        return real_create(key_dir, name)
+
+    monkeypatch.setattr(zmq.auth, "create_certificates", slow_create)
+    key_dir = str(tmp_path / "keys")
+    barrier = threading.Barrier(6)
+    pairs = []
+
+    def load():
+        barrier.wait()
+        pairs.append(security.load_pair(key_dir, security.CLIENT))
+
+    threads = [threading.Thread(target=load) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(pairs) == 6 and len(set(pairs)) == 1
+    assert security.load_public(key_dir, security.CLIENT) == pairs[0].public
+    assert security.load_pair(key_dir, security.CLIENT, create=False) == pairs[0]
+    assert sorted(os.listdir(key_dir)) == ["client.key", "client.key_secret"]
+    assert _mode(os.path.join(key_dir, "client.key_secret")) == 0o600
+
+
+# ---------------------------------------------------------------- private directories and trusted files
+
+@pytest.mark.parametrize("mask", [0o000, 0o022, 0o077])
+def test_private_directory_makes_the_leaf_exactly_0700_and_its_parents(tmp_path, umask, mask):
+    umask(mask)
+    path = tmp_path / "a" / "b" / "leaf"
+    security.private_directory(str(path))
+    assert path.is_dir() and _mode(path) == 0o700
+    assert (tmp_path / "a" / "b").is_dir()
+
+
+def test_private_directory_mode_is_exact_even_under_a_umask_masking_the_owner(tmp_path, umask):
+    umask(0o277)
+    security.private_directory(str(tmp_path / "leaf"))
+    assert _mode(tmp_path / "leaf") == 0o700
+
+
+def test_private_directory_accepts_our_own_directory_as_it_is(tmp_path):
+    path = tmp_path / "runinfo"
+    path.mkdir()
+    os.chmod(path, 0o755)
+    security.private_directory(str(path))
+    security.private_directory(str(path))
+    assert _mode(path) == 0o755  # readable by others is fine; only writes are a threat
+
+
+@pytest.mark.parametrize("mode", [0o775, 0o757, 0o777, 0o1777, 0o720])
+def test_private_directory_refuses_one_others_can_write(tmp_path, mode):
+    path = tmp_path / "shared"
+    path.mkdir()
+    os.chmod(path, mode)
+    with pytest.raises(InsecurePath) as info:
+        security.private_directory(str(path))
+    message = str(info.value)
+    assert str(path) in message and f"mode {mode:04o}" in message and "owner uid 0" in message
+    assert "can write it" in message and f"chmod go-w {path}" in message
+    assert _mode(path) == mode  # refused, not silently changed
+
+
+def test_private_directory_refuses_one_of_another_user(tmp_path):
+    path = tmp_path / "theirs"
+    path.mkdir(mode=0o700)
+    os.chown(path, OTHER_UID, -1)
+    with pytest.raises(InsecurePath) as info:
+        security.private_directory(str(path))
+    message = str(info.value)
+    assert str(path) in message and f"owner uid {OTHER_UID}" in message and "mode 0700" in message
+    assert f"belongs to uid {OTHER_UID}, not to you (uid {os.geteuid()})" in message
+    assert "choose another path" in message
+
+
+def test_private_directory_refuses_a_symlink_even_to_our_own_directory(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    with pytest.raises(InsecurePath, match=f"{link} .*symbolic link.*use the real path \\({real}\\)"):
+        security.private_directory(str(link))
+
+
+def test_private_directory_refuses_a_dangling_symlink_and_creates_nothing(tmp_path):
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "target")
+    with pytest.raises(InsecurePath, match="symbolic link"):
+        security.private_directory(str(link))
+    assert not (tmp_path / "target").exists()
+
+
+def test_private_directory_refuses_a_file(tmp_path):
+    path = tmp_path / "file"
+    path.write_text("")
+    with pytest.raises(InsecurePath, match="it is a regular file, not a directory"):
+        security.private_directory(str(path))
+
+
+def test_private_directory_made_by_another_process_meanwhile_is_checked(tmp_path, monkeypatch):
+    path = tmp_path / "raced"
+    real_mkdir = os.mkdir
+
+    def beaten(target, mode=0o777):
+        real_mkdir(target, 0o777)
+        os.chmod(target, 0o777)
+        os.chown(target, OTHER_UID, -1)  # someone else made it first
+        raise FileExistsError(target)
+
+    monkeypatch.setattr(os, "mkdir", beaten)
+    with pytest.raises(InsecurePath, match=f"owner uid {OTHER_UID}"):
+        security.private_directory(str(path))
+
+
+def test_check_trusted_file_accepts_our_own_file(tmp_path):
+    path = tmp_path / "file"
+    path.write_text("x")
+    os.chmod(path, 0o644)
+    security.check_trusted_file(str(path))
+
+
+@pytest.mark.parametrize("spoil, why", [
+    (lambda p: os.chmod(p, 0o664), "can write it"),
+    (lambda p: os.chmod(p, 0o646), "can write it"),
+    (lambda p: os.chown(p, OTHER_UID, -1), f"belongs to uid {OTHER_UID}"),
+])
+def test_check_trusted_file_refuses_others_files(tmp_path, spoil, why):
+    path = tmp_path / "file"
+    path.write_text("x")
+    spoil(path)
+    with pytest.raises(InsecurePath, match=f"refusing secret thing {path} .*{why}"):
+        security.check_trusted_file(str(path), "secret thing")
+
+
+def test_check_trusted_file_refuses_symlinks_and_fifos(tmp_path):
+    real = tmp_path / "real"
+    real.write_text("x")
+    (tmp_path / "link").symlink_to(real)
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(InsecurePath, match="symbolic link"):
+        security.check_trusted_file(str(tmp_path / "link"))
+    with pytest.raises(InsecurePath, match="it is a FIFO, not a regular file"):
+        security.check_trusted_file(str(tmp_path / "fifo"))
 
 
 # ---------------------------------------------------------------- real CURVE round trip
