@@ -38,7 +38,6 @@ left behind (teardown); 2 usage or configuration error.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import logging
 import os
@@ -247,10 +246,11 @@ class ProcessHandle:
 
 
 def remove_pools(launcher_pid: int) -> Tuple[List[str], List[str]]:
-    """Remove the shm pools of the dead runtime launched as ``launcher_pid`` (boot's rules:
-    kept while another live launcher shares the name prefix); (removed, kept)."""
+    """Remove the shm pools of the dead runtime launched as ``launcher_pid`` (boot's rules: exact
+    pool names, none another live process uses or another live launcher could have made);
+    (removed, kept)."""
     removed = boot.remove_pools(launcher_pid)
-    return removed, sorted(glob.glob(boot.pool_prefix(launcher_pid) + "*"))
+    return removed, boot.runtime_pool_files(launcher_pid)
 
 
 def wait_until(done: Callable[[], bool], timeout: float, interval: float = 0.25) -> bool:
@@ -503,7 +503,8 @@ def clean_local(found: Found, block: Block, launcher: Optional[int], out: Report
         out.say(f"removed {len(removed)} shm pools of runtime launcher {launcher} ({prefix}*)" if removed
                 else f"no shm pools left ({prefix}*)")
         if kept:
-            out.say(f"kept {len(kept)} shm pools ({prefix}*): a live dragon launcher shares that prefix")
+            out.say(f"kept {len(kept)} shm pools ({', '.join(os.path.basename(k) for k in kept)}): another live "
+                    "process uses them, or a live dragon launcher could have made the same names")
     if block.server_running():
         out.say("kept the connection file: the server is still running", ok=False)
     elif remove_connection(found.path, block.info.server_id):
