@@ -1,9 +1,11 @@
 """Block start-up: from "the provider accepted the job" to "a server answers".
 
 A block's server announces itself by writing its connection file. The watcher
-waits for that file (newer than the launch), while checking the provider's job
-state, until the start-up timeout. Failures become :class:`ServerStartupError`
-with the block's log files and their last lines, so the user sees why.
+waits for the file of *this launch* (its ``launch_id``; at a shared ``server_path``
+another driver's server may have published first, and then ours publishes in the
+block directory), while checking the provider's job state, until the start-up timeout.
+Failures become :class:`ServerStartupError` with the block's log files and their last
+lines, so the user sees why.
 """
 from __future__ import annotations
 
@@ -11,13 +13,14 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
 from parsl.jobs.states import TERMINAL_STATES, JobStatus
 
-from parsl_dragon.connection import ConnectionInfo, read_connection
-from parsl_dragon.errors import ConfigurationError, ServerStartupError
+from parsl_dragon.connection import ConnectionInfo, connection_path, read_connection
+from parsl_dragon.errors import ConfigurationError, InsecurePath, ServerStartupError
 
 LOG_NAMES = ("boot.log", "dragon.log", "server.log")
 POLL_SECONDS = 0.1
@@ -33,24 +36,33 @@ class BlockLaunch:
     connection_file: str
     launched: float
     job_id: Optional[str] = None
+    launch_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # names this launch's server
 
     def log_files(self) -> List[str]:
         return [os.path.join(self.block_dir, name) for name in LOG_NAMES]
 
+    def connection_files(self) -> List[str]:
+        """Where this launch's server may publish: the configured file, else its block directory."""
+        return list(dict.fromkeys([self.connection_file, connection_path(self.block_dir)]))
 
-def boot_command(launch: BlockLaunch, key_path: str, transport: str, idle_timeout_s: Optional[float],
-                 server_options: Dict[str, object], python: str = sys.executable) -> str:
+
+def boot_command(launch: BlockLaunch, key_path: str, transport: str, server_options: Dict[str, object],
+                 python: str = sys.executable, driver_pid: Optional[int] = None) -> str:
     """The shell command a provider runs for one block: boot -> dragon -> our server.
 
     ``server_options`` become ``--name value`` flags of the server (``None`` values are
     left out, ``True`` becomes a bare flag), e.g. ``{"host_address": "auto", "debug": True}``.
+    ``driver_pid`` (blocks on the driver's own host) makes the block follow its driver:
+    boot stops the runtime as soon as that process is gone.
     """
     args = [python, "-m", "parsl_dragon.server.boot", "--block-dir", launch.block_dir,
-            "--transport", transport, "--",
-            "--connection-file", launch.connection_file,
-            "--log-file", os.path.join(launch.block_dir, "server.log"),
-            "--key-dir", key_path, "--block-id", launch.block_id,
-            "--idle-timeout", str(seconds_flag(idle_timeout_s))]
+            "--transport", transport]
+    if driver_pid is not None:
+        args += ["--driver-pid", str(driver_pid)]
+    args += ["--",
+             "--connection-file", launch.connection_file,
+             "--log-file", os.path.join(launch.block_dir, "server.log"),
+             "--key-dir", key_path, "--block-id", launch.block_id, "--launch-id", launch.launch_id]
     for name, value in server_options.items():
         flag = "--" + name.replace("_", "-")
         if value is True:
@@ -85,13 +97,19 @@ def startup_error(launch: BlockLaunch, reason: str) -> ServerStartupError:
 
 
 def _fresh_connection(launch: BlockLaunch) -> Optional[ConnectionInfo]:
-    try:
-        info = read_connection(launch.connection_file)
-    except FileNotFoundError:
-        return None
-    except ConfigurationError:
-        return None  # being replaced right now, or damaged: look again
-    return info if info.created >= launch.launched - 1.0 else None
+    """The connection file written by this launch's server, if it is there yet."""
+    for path in launch.connection_files():
+        try:
+            info = read_connection(path)
+        except FileNotFoundError:
+            continue
+        except InsecurePath:
+            raise
+        except ConfigurationError:
+            continue  # being replaced right now, or damaged: look again
+        if info.launch_id == launch.launch_id:
+            return info
+    return None
 
 
 def wait_for_server(launch: BlockLaunch, timeout_s: Optional[float],

@@ -13,6 +13,13 @@ ZeroMQ sockets are used only by the thread that owns them: ``connect()`` does
 the handshake on the caller's thread with a fresh socket, then hands the socket
 to the I/O thread. Callbacks never run on the I/O thread, so a slow callback
 cannot delay heartbeats.
+
+A link keeps its session across a reconnect: its socket has a fixed identity (the server's
+ROUTER hands the session over to the new connection) and an unbounded send queue, and its
+monitor reports when the connection drops and comes back. Then ``on_reconnected`` lets the
+executor ``Sync`` the tasks it still waits for; the tasks the server does not hold come back
+failed with ``TaskLost``. A server that says it holds no session for the link
+(``ErrorReply`` code ``no-session``) is lost at once, never silently kept alive.
 """
 from __future__ import annotations
 
@@ -23,7 +30,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Optional, Tuple
 
 import parsl
 import zmq
@@ -37,7 +44,8 @@ from parsl_dragon.security import KeyPair, make_curve_client
 logger = logging.getLogger(__name__)
 
 _HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+                     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                     | zmq.EVENT_DISCONNECTED)
 
 
 @dataclass
@@ -48,9 +56,11 @@ class ServerLink:
     welcome: p.Welcome
     owner: bool
     socket: zmq.Socket
+    monitor: zmq.Socket  # connection events: a drop, then a new handshake, means re-sync
     last_seen: float = field(default_factory=time.monotonic)
     load: Optional[p.Heartbeat] = None
     stopping: str = ""  # the server said it is stopping: lose it at the next tick, not after the lease
+    down_since: Optional[float] = None  # the connection dropped; libzmq is reconnecting
 
     @property
     def server_id(self) -> str:
@@ -64,13 +74,15 @@ class DragonClient:
                  heartbeat_threshold: int,
                  on_results: Callable[[str, p.TaskResults], None],
                  on_monitoring: Callable[[p.Monitoring], None],
-                 on_server_lost: Callable[[str, str], None]) -> None:
+                 on_server_lost: Callable[[str, str], None],
+                 on_reconnected: Callable[[str], None] = lambda server_id: None) -> None:
         self.keys = keys
         self.client_id = f"client-{uuid.uuid4().hex[:12]}"
         self.timeout_s = timeout_s
         self.heartbeat_period = heartbeat_period
         self.heartbeat_threshold = heartbeat_threshold
         self._on_results, self._on_monitoring, self._on_server_lost = on_results, on_monitoring, on_server_lost
+        self._on_reconnected = on_reconnected
         self.context = zmq.Context()
         self.links: Dict[str, ServerLink] = {}
         self._outbox: Deque[Tuple[str, Any]] = deque()
@@ -115,6 +127,8 @@ class DragonClient:
             raise VersionMismatch(f"connection file speaks protocol {info.protocol}, this client {p.PROTOCOL_VERSION}")
         sock = self.context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IDENTITY, f"{self.client_id}/{uuid.uuid4().hex[:8]}".encode())
+        sock.setsockopt(zmq.SNDHWM, 0)  # never block the I/O thread nor drop: leases bound the wait
         make_curve_client(sock, self.keys.secret, info.server_public_key.encode())
         monitor = sock.get_monitor_socket(_HANDSHAKE_EVENTS)
         try:
@@ -128,9 +142,7 @@ class DragonClient:
             monitor.close(linger=0)
             sock.close(linger=0)
             raise
-        sock.disable_monitor()
-        monitor.close(linger=0)
-        link = ServerLink(info=info, welcome=welcome, owner=owner, socket=sock)
+        link = ServerLink(info=info, welcome=welcome, owner=owner, socket=sock, monitor=monitor)
         self._command(("add", link))
         logger.info("Connected to server %s at %s (host %s, nodes %s, %d workers, owner=%s)",
                     welcome.server_id, info.address, welcome.host, welcome.nodes, welcome.workers, owner)
@@ -144,7 +156,7 @@ class DragonClient:
         while deadline is None or time.monotonic() < deadline:
             events = dict(poller.poll(timeout=100))
             if monitor in events:
-                self._check_handshake_event(monitor, info)
+                self._check_handshake_event(recv_monitor_message(monitor)["event"], info)
             if sock in events:
                 message = p.decode(sock.recv_multipart())
                 if isinstance(message, p.Welcome):
@@ -156,8 +168,7 @@ class DragonClient:
             f"no answer from the server at {info.address} within {self.timeout_s:.1f}s "
             f"(timeout_ms / PARSL_DRAGON_TIMEOUT); is it running? see its log {info.log_path}")
 
-    def _check_handshake_event(self, monitor: zmq.Socket, info: ConnectionInfo) -> None:
-        event = recv_monitor_message(monitor)["event"]
+    def _check_handshake_event(self, event: int, info: ConnectionInfo) -> None:
         if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             raise AuthenticationFailed(
                 f"authentication failed: the server at {info.address} does not trust this client's key "
@@ -176,6 +187,7 @@ class DragonClient:
         self._wake()
 
     def send(self, server_id: str, message: p.Message) -> None:
+        """Queue a control message (e.g. ``Sync``) for ``server_id``, after the tasks queued before it."""
         self._command(("send", (server_id, message)))
 
     def disconnect(self, server_id: str, message: Optional[p.Message] = None) -> None:
@@ -206,6 +218,8 @@ class DragonClient:
                     self._drain_waker()
                 self._drain_outbox(poller)
                 for link in list(self.links.values()):
+                    if link.monitor in events:
+                        self._on_connection_events(link)
                     if link.socket in events:
                         self._receive(link)
                 now = time.monotonic()
@@ -241,7 +255,8 @@ class DragonClient:
         for server_id, batch in batches.items():
             link = self.links.get(server_id)
             if link is None:
-                self._inbox.put(("lost-tasks", (server_id, [t.task_id for t in batch.tasks])))
+                ids = [t.task_id for t in batch.tasks]
+                self._inbox.put(("failed", (server_id, ids, "ServerLost", f"server {server_id} is gone")))
             else:
                 link.socket.send_multipart(p.encode(batch), copy=False)
         batches.clear()
@@ -251,6 +266,7 @@ class DragonClient:
         if kind == "add":
             self.links[arg.server_id] = arg
             poller.register(arg.socket, zmq.POLLIN)
+            poller.register(arg.monitor, zmq.POLLIN)
         elif kind == "send":
             link = self.links.get(arg[0])
             if link is not None:
@@ -261,8 +277,25 @@ class DragonClient:
             if link is not None:
                 if message is not None:
                     link.socket.send_multipart(p.encode(message))
-                poller.unregister(link.socket)
-                link.socket.close(linger=1000)
+                self._close_link(link, poller, linger=1000)
+
+    def _on_connection_events(self, link: ServerLink) -> None:
+        """Note a dropped connection; when a new handshake succeeds after one, re-sync."""
+        while link.monitor.poll(0):
+            event = recv_monitor_message(link.monitor)["event"]
+            if event == zmq.EVENT_DISCONNECTED and link.down_since is None:
+                link.down_since = time.monotonic()
+                logger.warning("Connection to server %s at %s dropped; reconnecting", link.server_id,
+                               link.info.address)
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and link.down_since is not None:
+                logger.warning("Connection to server %s re-established after %.1fs; re-syncing its tasks",
+                               link.server_id, time.monotonic() - link.down_since)
+                link.down_since = None
+                self._inbox.put(("reconnected", link.server_id))
+            elif event in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                           zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+                logger.error("Reconnecting to server %s failed its CURVE handshake (event %d): the lease will "
+                             "expire", link.server_id, event)
 
     def _receive(self, link: ServerLink) -> None:
         for _ in range(1000):
@@ -285,10 +318,19 @@ class DragonClient:
             link.load = message
         elif isinstance(message, p.Monitoring):
             self._inbox.put(("monitoring", message))
+        elif isinstance(message, p.SyncReply):
+            if message.unknown:
+                logger.error("Server %s does not hold %d task(s) this client sent it: lost in the reconnect",
+                             link.server_id, len(message.unknown))
+                self._inbox.put(("failed", (link.server_id, message.unknown, "TaskLost",
+                                            f"the task was lost in flight when the connection to server "
+                                            f"{link.server_id} dropped; it may be retried")))
         elif isinstance(message, p.ErrorReply):
             logger.warning("Server %s reports: %s", link.server_id, message.reason)
-            if message.reason.startswith("server stopping"):
+            if message.code == p.STOPPING:
                 link.stopping = message.reason
+            elif message.code == p.NO_SESSION:
+                link.stopping = f"the server holds no session for this client any more: {message.reason}"
         else:
             logger.warning("Unexpected %s from server %s", type(message).__name__, link.server_id)
 
@@ -308,12 +350,19 @@ class DragonClient:
         if link is None:
             return
         logger.error("Lost server %s at %s: %s", server_id, link.info.address, why)
-        try:
-            poller.unregister(link.socket)
-        except KeyError:
-            pass
-        link.socket.close(linger=0)
+        self._close_link(link, poller, linger=0)
         self._inbox.put(("lost", (server_id, why)))
+
+    @staticmethod
+    def _close_link(link: ServerLink, poller: zmq.Poller, linger: int) -> None:
+        for sock in (link.socket, link.monitor):
+            try:
+                poller.unregister(sock)
+            except KeyError:
+                pass
+        link.socket.disable_monitor()
+        link.monitor.close(linger=0)
+        link.socket.close(linger=linger)
 
     # ---- result thread -------------------------------------------------
     def _result_loop(self) -> None:
@@ -329,12 +378,13 @@ class DragonClient:
                     self._on_monitoring(arg)
                 elif kind == "lost":
                     self._on_server_lost(*arg)
-                elif kind == "lost-tasks":
-                    server_id, ids = arg
+                elif kind == "reconnected":
+                    self._on_reconnected(arg)
+                elif kind == "failed":
+                    server_id, ids, error_type, error = arg
                     self._on_results(server_id, p.TaskResults(
-                        results=[p.TaskResult(task_id=i, status=p.FAILED, error_type="ServerLost",
-                                              error=f"server {server_id} is gone") for i in ids],
+                        results=[p.TaskResult(task_id=i, status=p.FAILED, error_type=error_type, error=error)
+                                 for i in ids],
                         payloads=[b""] * len(ids)))
             except BaseException:  # e.g. SystemExit re-raised from a task: this thread must survive it
                 logger.exception("Result callback failed for %s", kind)
-

@@ -5,7 +5,9 @@ Lifecycle::
     start()      resolve settings (argument > PARSL_DRAGON_* > default), make/check keys,
                  attach to a live server at server_path, or launch init_blocks blocks
     block        provider runs `python -m parsl_dragon.server.boot ...`; a watcher thread waits for
-                 the block's connection file and connects (CURVE, versioned handshake)
+                 the connection file of that launch and connects (CURVE, versioned handshake)
+                 only to a server whose key is the one in key_path, through files and
+                 directories only this user can write
     submit()     pack the task (Parsl's pack_apply_message) and queue it; the queue drains, oldest
                  first, into connected servers with room (a server holds at most its workers +
                  prefetch_capacity tasks), least loaded first: on submit, on every result batch
@@ -41,8 +43,9 @@ from parsl_dragon import security
 from parsl_dragon.blocks import BlockLaunch, boot_command, seconds_flag, wait_for_server
 from parsl_dragon.client import DragonClient, ServerLink
 from parsl_dragon.connection import connection_path, read_connection, remove_connection
-from parsl_dragon.errors import (ConfigurationError, DragonExecutorError,
-                                 HandshakeTimeout, ServerLost, ServerStartupError, WorkerLost)
+from parsl_dragon.connection import ConnectionInfo
+from parsl_dragon.errors import (AuthenticationFailed, ConfigurationError, DragonExecutorError, HandshakeTimeout,
+                                 PayloadTooLarge, ServerLost, ServerStartupError, TaskLost, WorkerLost)
 from parsl_dragon.launchers import check_launcher, default_launcher
 from parsl_dragon.monitoring import DragonRadio
 from parsl_dragon.resources import PMI_BACKENDS, normalize_spec
@@ -54,7 +57,7 @@ logger = logging.getLogger(__name__)
 BUFFER_THRESHOLD = 1024 * 1024
 STOP_WAIT_SECONDS = 60.0  # a multi-node runtime can take a while to stop under load
 DEFAULT_PREFETCH = 32  # benchmarks/throughput.py here: 0 -> 506 tasks/s, 8 -> 1035, 32 -> 1155, unbounded 1160
-_FAILURES = {"WorkerLost": WorkerLost, "ServerLost": ServerLost}
+_FAILURES = {cls.__name__: cls for cls in (WorkerLost, ServerLost, TaskLost, PayloadTooLarge)}
 
 
 def _failure(error_type: str, message: str) -> BaseException:
@@ -101,6 +104,11 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         Time an MPI task's ranks may take to start before the server answers the launch
         with an error and abandons it (``PARSL_DRAGON_RANK_STARTUP_TIMEOUT``, default
         60000, plus 10 ms per rank; -1 waits forever). Guards against PMI wire-ups that hang.
+    owner_timeout_ms : int, optional
+        Time a block's server waits, once it has written its connection file, for this
+        executor to connect; then it stops and frees the block (``PARSL_DRAGON_OWNER_TIMEOUT``,
+        default 60000; -1 waits forever). Blocks on this host also follow the driver:
+        they stop as soon as the driver process is gone.
     heartbeat_period, heartbeat_threshold :
         Leases both ways: a peer silent for period x threshold seconds is lost.
     address : str, optional
@@ -120,7 +128,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
                  server_path: Optional[str] = None, transport: Optional[str] = None,
                  startup_timeout_ms: Optional[int] = None, timeout_ms: Optional[int] = None,
                  key_path: Optional[str] = None, rank_startup_timeout_ms: Optional[int] = None,
-                 heartbeat_period: Union[int, float] = 5.0,
+                 owner_timeout_ms: Optional[int] = None, heartbeat_period: Union[int, float] = 5.0,
                  heartbeat_threshold: int = 3, address: Optional[str] = None,
                  prefetch_capacity: int = DEFAULT_PREFETCH, worker_debug: bool = False,
                  block_error_handler: Union[bool, Callable] = True,
@@ -148,6 +156,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         self.timeout_ms = timeout_ms
         self.key_path = key_path
         self.rank_startup_timeout_ms = rank_startup_timeout_ms
+        self.owner_timeout_ms = owner_timeout_ms
         self.heartbeat_period = float(heartbeat_period)
         self.heartbeat_threshold = heartbeat_threshold
         self.address = address
@@ -160,6 +169,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         self._task_counter = 0
         self._router = TaskRouter(prefetch_capacity)
         self._launches: Dict[str, BlockLaunch] = {}
+        self._server_key: Optional[str] = None  # the only server public key this executor trusts
         self._watchers: List[threading.Thread] = []
         self._attached = False
         self._stopping = False
@@ -179,17 +189,22 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         """Resolve settings, prepare keys, then attach to a shared server or launch blocks."""
         self.settings = resolve_settings(
             server_path=self.server_path, transport=self.transport, startup_timeout_ms=self.startup_timeout_ms,
-            timeout_ms=self.timeout_ms, key_path=self.key_path, rank_startup_timeout_ms=self.rank_startup_timeout_ms)
+            timeout_ms=self.timeout_ms, key_path=self.key_path, rank_startup_timeout_ms=self.rank_startup_timeout_ms,
+            owner_timeout_ms=self.owner_timeout_ms)
         if self.provider is not None:
             check_launcher(getattr(self.provider, "launcher", None), getattr(self.provider, "nodes_per_block", None))
         client_keys = security.load_pair(self.settings.key_path, security.CLIENT)
-        security.load_pair(self.settings.key_path, security.SERVER)  # the servers load it in the block
-        os.makedirs(self._executor_dir, exist_ok=True)
+        # The servers load the secret in the block; the driver pins the public half.
+        self._server_key = security.load_pair(self.settings.key_path, security.SERVER).public.decode()
+        security.private_directory(self._executor_dir)
+        if self.settings.server_path is not None:
+            security.private_directory(self.settings.server_path)
         super().start()
         self._client = DragonClient(
             client_keys, timeout_s=self.settings.timeout_s, heartbeat_period=self.heartbeat_period,
             heartbeat_threshold=self.heartbeat_threshold, on_results=self._on_results,
-            on_monitoring=self._on_monitoring, on_server_lost=self._on_server_lost)
+            on_monitoring=self._on_monitoring, on_server_lost=self._on_server_lost,
+            on_reconnected=self._on_reconnected)
         self._client.start()
         self._started = True
         self._attach_shared_server()  # else Parsl's strategy launches init_blocks on its first pass
@@ -212,7 +227,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
             remove_connection(path, info.server_id)
             return False
         try:
-            link = self._client.connect(info, owner=False)  # type: ignore[union-attr]
+            link = self._connect(info, owner=False)
         except HandshakeTimeout as exc:
             logger.warning("Server named in %s does not answer (%s); starting our own", path, exc)
             remove_connection(path, info.server_id)
@@ -222,28 +237,45 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         logger.info("Attached to shared server %s via %s", link.server_id, path)
         return True
 
+    def _connect(self, info: ConnectionInfo, owner: bool) -> ServerLink:
+        """Open a session, but only with a server holding the key in ``key_path``: a connection
+        file naming another key was not written by our server, and our tasks must not go there."""
+        if info.server_public_key != self._server_key:
+            key_dir = self.settings.key_path if self.settings else "key_path"
+            raise AuthenticationFailed(
+                f"refusing the server at {info.address}: its public key {info.server_public_key[:12]}... is not "
+                f"the server key in {key_dir} ({(self._server_key or '')[:12]}...); the connection file was not "
+                "written by a server of this key directory (forged, or from another key_path)", self)
+        return self._client.connect(info, owner=owner)  # type: ignore[union-attr]
+
     # ---- blocks ----------------------------------------------------------
     def _get_launch_command(self, block_id: str) -> str:
         assert self.settings is not None, "start() must run before blocks are launched"
         block_dir = os.path.join(self._executor_dir, f"block-{block_id}")
-        os.makedirs(block_dir, exist_ok=True)
+        security.private_directory(block_dir)
         shared = self.settings.server_path is not None and not any(
             launch.connection_file == connection_path(self.settings.server_path) for launch in self._launches.values())
         conn_file = connection_path(self.settings.server_path if shared else block_dir)  # type: ignore[arg-type]
         launch = self._launches[block_id] = BlockLaunch(block_id, block_dir, conn_file, launched=time.time())
-        return boot_command(launch, self.settings.key_path, self.settings.transport,
-                            self.settings.startup_timeout_s, {
+        return boot_command(launch, self.settings.key_path, self.settings.transport, {
+                                "owner_timeout": seconds_flag(self.settings.owner_timeout_s),
                                 "host_address": self._host_address(), "default_pmi": self.pmi,
                                 "heartbeat_period": self.heartbeat_period,
                                 "heartbeat_threshold": self.heartbeat_threshold,
                                 "rank_startup_timeout": seconds_flag(self.settings.rank_startup_timeout_s),
                                 "workers_per_node": self.workers_per_node_arg,
-                                "cores_per_node": self.cores_per_node, "debug": self.worker_debug})
+                                "cores_per_node": self.cores_per_node, "debug": self.worker_debug},
+                            driver_pid=os.getpid() if self._on_this_host else None)
+
+    @property
+    def _on_this_host(self) -> bool:
+        """Blocks run on the driver's own host (a LocalProvider): they can follow the driver's pid."""
+        return isinstance(self.provider, LocalProvider)
 
     def _host_address(self) -> str:
         if self.address:
             return self.address
-        return "127.0.0.1" if isinstance(self.provider, LocalProvider) else "auto"
+        return "127.0.0.1" if self._on_this_host else "auto"
 
     def _launch_block(self, block_id: str) -> Any:
         job_id = super()._launch_block(block_id)
@@ -260,7 +292,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         try:
             info = wait_for_server(launch, self.settings.startup_timeout_s, lambda: self._job_status(launch),
                                    cancelled=lambda: self._stopping)
-            link = self._client.connect(info, owner=True)
+            link = self._connect(info, owner=True)
         except DragonExecutorError as exc:
             if not self._stopping:
                 self._on_block_failed(launch, exc)
@@ -358,6 +390,10 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
             raise DragonExecutorError("executor is not running (start() not called or shut down)", self)
         spec = normalize_spec(resource_specification, default_pmi=self.pmi)
         payload = pack_apply_message(func, args, kwargs, buffer_threshold=BUFFER_THRESHOLD)
+        too_large = p.oversize_error(f"the packed task ({getattr(func, '__name__', 'app')} with its arguments)",
+                                     len(payload))
+        if too_large:
+            raise PayloadTooLarge(too_large, self)
         future: Future = Future()
         with self._lock:
             task_id = self._task_counter + 1
@@ -376,12 +412,28 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         return len(self._tasks)
 
     def _on_results(self, server_id: str, message: p.TaskResults) -> None:
+        """Resolve the futures of tasks this server holds; an outcome for any other task id
+        (never routed there, or already resolved) is dropped and logged."""
         with self._lock:
-            futures = [self._tasks.pop(result.task_id, None) for result in message.results]
-            self._send(self._router.finished(server_id, [result.task_id for result in message.results]))
+            ids = [result.task_id for result in message.results]
+            mine = self._router.in_flight(server_id, ids)
+            futures = [self._tasks.pop(i, None) if i in mine else None for i in ids]
+            self._send(self._router.finished(server_id, list(mine)))
+        if len(mine) < len(ids):
+            logger.warning("Ignored %d outcome(s) from server %s for tasks it does not hold: %s", len(ids) - len(mine),
+                           server_id, [i for i in ids if i not in mine][:10])
         for future, result, payload in zip(futures, message.results, message.payloads):
             if future is not None:
                 _resolve(future, result, payload)
+
+    def _on_reconnected(self, server_id: str) -> None:
+        """The link to a server came back: tell it which tasks we still wait for (``Sync``);
+        those it does not hold come back failed (``TaskLost``)."""
+        with self._lock:
+            server = self._router.servers.get(server_id)
+            if server is None:
+                return
+            self._client.send(server_id, p.Sync(task_ids=sorted(server.tasks)))  # type: ignore[union-attr]
 
     def _on_monitoring(self, message: p.Monitoring) -> None:
         if self.monitoring_messages is None:

@@ -18,11 +18,18 @@ an integer, an int field never a boolean) or a payload count that does not match
 ignored, so a newer peer can add fields without breaking an older one.
 
 Client <-> server: ``Hello`` -> ``Welcome`` | ``Refused``; then ``SubmitTasks``,
-``Heartbeat``, ``Goodbye``, ``Shutdown`` from the client; ``TaskResults``,
-``Heartbeat``, ``Monitoring``, ``ErrorReply`` from the server.
+``Heartbeat``, ``Goodbye``, ``Shutdown``, ``Sync`` from the client; ``TaskResults``,
+``Heartbeat``, ``Monitoring``, ``ErrorReply``, ``SyncReply`` from the server. A client
+whose link was re-established sends ``Sync`` with the tasks it still waits for; the
+server answers with those it does not hold (lost in flight), which the client fails.
+
+Every frame must stay within :data:`MAX_FRAME_BYTES`: libzmq drops the *connection* of a
+peer whose frame exceeds the receiver's ``MAXMSGSIZE`` and the frame is gone, so senders
+check sizes before sending (:func:`oversize_error`).
 Worker <-> server: ``WorkerReady``, ``TaskResults`` from workers; ``SubmitTasks``,
-``StopWorker`` from the server. Rank launcher (``$PARSL_MPI_PREFIX``) <-> server, over
-the worker link: ``LaunchRanks`` -> ``RanksDone``.
+``StopWorker`` from the server; after a reconnect ``WorkerResync`` -> ``ResyncMark``.
+Rank launcher (``$PARSL_MPI_PREFIX``) <-> server, over the worker link: ``LaunchRanks``
+-> ``RanksDone``.
 """
 from __future__ import annotations
 
@@ -41,6 +48,12 @@ logger = logging.getLogger(__name__)
 PROTOCOL_VERSION = 1
 PYTHON_VERSION = "%d.%d" % sys.version_info[:2]
 MAX_HEADER_BYTES = 64 * 1024 * 1024
+MAX_FRAME_BYTES = 1 << 30  # the most a sender puts in one frame (oversize_error checks it)
+# libzmq checks MAXMSGSIZE against the frame on the wire, which CURVE makes 33 bytes larger
+# ("\x07MESSAGE", nonce, MAC, flags); a receiver allows that on top, or a frame within 33 bytes
+# of the limit would pass the sender's check and still cut its link.
+CURVE_FRAME_OVERHEAD = 33
+MAX_WIRE_FRAME_BYTES = MAX_FRAME_BYTES + CURVE_FRAME_OVERHEAD  # receivers' MAXMSGSIZE
 
 # result status values in TaskResult.status
 OK = "ok"              # payload: serialized return value
@@ -160,11 +173,32 @@ class Shutdown(Message):
     reason: str = ""
 
 
+# ErrorReply.code values
+STOPPING = "stopping"      # the server is stopping: take no new work there
+NO_SESSION = "no-session"  # the server holds no session for this link (never said Hello, or dropped)
+REJECTED = "rejected"      # one message was malformed or unexpected; the session goes on
+
+
 @dataclass
 class ErrorReply(Message):
-    """Server tells a client that one of its messages was rejected."""
+    """Server tells a client that one of its messages was rejected, or why it cannot serve it."""
 
     reason: str
+    code: str = REJECTED
+
+
+@dataclass
+class Sync(Message):
+    """Client, after its link was re-established: the tasks it still waits for from this server."""
+
+    task_ids: List[int]
+
+
+@dataclass
+class SyncReply(Message):
+    """Server: which of ``Sync.task_ids`` it does not hold (lost in flight; the client fails them)."""
+
+    unknown: List[int]
 
 
 @dataclass
@@ -175,6 +209,23 @@ class WorkerReady(Message):
     host: str
     pid: int
     puid: int = 0
+
+
+@dataclass
+class WorkerResync(Message):
+    """A worker whose link dropped and came back asks which tasks the server thinks it holds."""
+
+    worker_id: str
+
+
+@dataclass
+class ResyncMark(Message):
+    """Server's answer to ``WorkerResync``: the tasks it has sent that worker and has no result for.
+    Sent on the new connection, it comes after every task that connection carries, so a task
+    listed here that the worker neither holds nor answered after its ``WorkerResync`` was lost
+    in flight (the task, or its result): the worker fails it with ``TaskLost``."""
+
+    assigned: List[int]
 
 
 @dataclass
@@ -285,6 +336,15 @@ def decode(frames: List[bytes]) -> Message:
     elif len(frames) > 1:
         raise ProtocolError(f"{name} carries no payloads but {len(frames) - 1} were sent")
     return message
+
+
+def oversize_error(what: str, size: int) -> Optional[str]:
+    """Why a frame of ``size`` bytes cannot be sent (None if it can), naming size and limit."""
+    if size <= MAX_FRAME_BYTES:
+        return None
+    return (f"{what} is {size:,} bytes ({size / 2**30:.2f} GiB), over the {MAX_FRAME_BYTES:,}-byte "
+            f"({MAX_FRAME_BYTES / 2**30:.0f} GiB) limit of one message on parsl-dragon's links; "
+            "pass large data through files or shared storage instead")
 
 
 def check_versions(hello: Hello, parsl_version: str, python_version: str) -> Optional[str]:

@@ -119,6 +119,12 @@ class TaskRouter:
         """Forget a server (lost, stopped, detached); its tasks in flight are the caller's to fail."""
         return self.servers.pop(server_id, None)
 
+    def in_flight(self, server_id: str, task_ids: List[int]) -> Set[int]:
+        """Which of ``task_ids`` were routed to ``server_id`` and are still out there: a server's
+        word counts only for its own tasks."""
+        server = self.servers.get(server_id)
+        return set() if server is None else server.tasks.intersection(task_ids)
+
     def finished(self, server_id: str, task_ids: List[int]) -> List[Send]:
         """Tasks came back from a server: free their room and drain into it."""
         server = self.servers.get(server_id)

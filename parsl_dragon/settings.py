@@ -22,6 +22,7 @@ ENV_STARTUP_TIMEOUT = "PARSL_DRAGON_STARTUP_TIMEOUT"
 ENV_TIMEOUT = "PARSL_DRAGON_TIMEOUT"
 ENV_KEY_PATH = "PARSL_DRAGON_KEY_PATH"
 ENV_RANK_STARTUP_TIMEOUT = "PARSL_DRAGON_RANK_STARTUP_TIMEOUT"
+ENV_OWNER_TIMEOUT = "PARSL_DRAGON_OWNER_TIMEOUT"
 
 DEFAULT_STARTUP_TIMEOUT_MS = 300_000
 DEFAULT_TIMEOUT_MS = 30_000
@@ -29,6 +30,10 @@ DEFAULT_TIMEOUT_MS = 30_000
 # rank): ProcessGroup start-up grows with the rank count and the node count.
 DEFAULT_RANK_STARTUP_TIMEOUT_MS = 60_000
 RANK_STARTUP_MS_PER_RANK = 10
+# Time a block's server waits, once it has published its connection file, for its driver to
+# connect; then it stops, so a block whose driver died during start-up does not hold the
+# allocation (the driver's watcher connects within a second of the file appearing).
+DEFAULT_OWNER_TIMEOUT_MS = 60_000
 TRANSPORTS = ("hsta", "tcp", "auto")
 DEFAULT_TRANSPORT = "auto"
 
@@ -88,6 +93,7 @@ class Settings:
     timeout_ms: int
     key_path: str
     rank_startup_timeout_ms: int = DEFAULT_RANK_STARTUP_TIMEOUT_MS
+    owner_timeout_ms: int = DEFAULT_OWNER_TIMEOUT_MS
 
     @property
     def timeout_s(self) -> Optional[float]:
@@ -104,10 +110,16 @@ class Settings:
         """``rank_startup_timeout_ms`` in seconds; ``None`` means wait forever."""
         return _seconds(self.rank_startup_timeout_ms)
 
+    @property
+    def owner_timeout_s(self) -> Optional[float]:
+        """``owner_timeout_ms`` in seconds; ``None`` means wait forever."""
+        return _seconds(self.owner_timeout_ms)
+
 
 def resolve_settings(*, server_path: Optional[str] = None, transport: Optional[str] = None,
                      startup_timeout_ms: Optional[int] = None, timeout_ms: Optional[int] = None,
                      key_path: Optional[str] = None, rank_startup_timeout_ms: Optional[int] = None,
+                     owner_timeout_ms: Optional[int] = None,
                      env: Optional[Mapping[str, str]] = None) -> Settings:
     """Apply argument > environment > default to every setting and validate each one."""
     env = os.environ if env is None else env
@@ -121,6 +133,8 @@ def resolve_settings(*, server_path: Optional[str] = None, transport: Optional[s
         rank_startup_timeout_ms=_resolve(rank_startup_timeout_ms, env, ENV_RANK_STARTUP_TIMEOUT,
                                          DEFAULT_RANK_STARTUP_TIMEOUT_MS, parse_timeout_ms,
                                          "rank_startup_timeout_ms"),
+        owner_timeout_ms=_resolve(owner_timeout_ms, env, ENV_OWNER_TIMEOUT, DEFAULT_OWNER_TIMEOUT_MS,
+                                  parse_timeout_ms, "owner_timeout_ms"),
     )
     logger.debug("Resolved settings: %s", settings)
     return settings

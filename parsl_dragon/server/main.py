@@ -20,6 +20,7 @@ from parsl_dragon import security
 from parsl_dragon.server import address
 from parsl_dragon.server.ranks import START_TIMEOUT_SECONDS
 from parsl_dragon.server.service import Server, ServerOptions
+from parsl_dragon.settings import DEFAULT_OWNER_TIMEOUT_MS
 
 logger = logging.getLogger("parsl_dragon.server")
 _STACK_DUMPS = None  # the open log file faulthandler writes to (kept open for the server's life)
@@ -38,12 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--default-pmi", default="mpiexec", choices=["cray", "pmix", "mpiexec", "none"])
     parser.add_argument("--heartbeat-period", type=float, default=5.0)
     parser.add_argument("--heartbeat-threshold", type=int, default=3)
-    parser.add_argument("--idle-timeout", type=float, default=300.0, help="seconds to wait for the owner; <0: forever")
+    parser.add_argument("--owner-timeout", type=float, default=DEFAULT_OWNER_TIMEOUT_MS / 1000.0,
+                        help="seconds to wait, once the connection file is written, for the owner; <0: forever")
     parser.add_argument("--rank-startup-timeout", type=float, default=START_TIMEOUT_SECONDS,
                         help="seconds an MPI task's ranks may take to start, plus 10 ms per rank; <0: forever")
     parser.add_argument("--job-id", default=None,
                         help="batch job id for the connection file (default: $SLURM_JOB_ID or $PBS_JOBID)")
     parser.add_argument("--block-id", default=None)
+    parser.add_argument("--launch-id", default=None, help="the executor's id of this block launch (connection file)")
     parser.add_argument("--launcher-pid", type=int, default=None)
     parser.add_argument("--debug", action="store_true")
     return parser
@@ -87,7 +90,7 @@ def options_from(args: argparse.Namespace) -> ServerOptions:
         server_keys=server_keys, client_keys=trusted, host_address=resolve_host_address(args.host_address),
         cores_per_node=args.cores_per_node, default_pmi=args.default_pmi,
         heartbeat_period=args.heartbeat_period, heartbeat_threshold=args.heartbeat_threshold,
-        idle_timeout=_limit(args.idle_timeout),
+        owner_timeout=_limit(args.owner_timeout), launch_id=args.launch_id,
         job_id=args.job_id or batch_job_id(os.environ), block_id=args.block_id, launcher_pid=args.launcher_pid,
         rank_startup_timeout=_limit(args.rank_startup_timeout))
 

@@ -11,25 +11,35 @@ Runs as the head process of a block's Dragon runtime, in one thread::
 
 Payloads pass through untouched: the server never unpickles task data. Leases:
 a client silent for ``heartbeat_period * heartbeat_threshold`` is dropped; when
-the owner is dropped (or no owner arrives within ``idle_timeout``) the server
-stops. The connection file is written once both sockets are bound and the
-workers are launching, and removed when the server stops.
+the owner is dropped (or no owner arrives within ``owner_timeout`` of the connection
+file being written) the server stops. The connection file is written once both sockets
+are bound and the workers are launching, and removed when the server stops.
+
+Nothing is dropped silently: both sockets are ``ROUTER_MANDATORY``, so a send to a peer
+that is momentarily unreachable or behind (its queue full) fails instead of vanishing;
+the message waits in that peer's backlog, sent first at every turn of the loop. A worker
+unreachable for a lease is lost (its task fails with ``WorkerLost``); a client's backlog
+goes with its session. Both sockets use ``ROUTER_HANDOVER``: a peer that reconnects under
+its identity resumes its session, and a client then ``Sync``s what it waits for.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Deque, Dict, List, Optional, Tuple
 
 import parsl
 import zmq
 
 from parsl_dragon import protocol as p
-from parsl_dragon.connection import ConnectionInfo, remove_connection, write_connection
+from parsl_dragon.connection import (CONNECTION_FILE, ConnectionInfo, read_connection, remove_connection,
+                                     write_connection)
 from parsl_dragon.errors import ProtocolError
 from parsl.executors.errors import InvalidResourceSpecification
 
@@ -38,10 +48,11 @@ from parsl_dragon.scheduler import Assignment, TaskScheduler
 from parsl_dragon.security import KeyPair, ephemeral_pair, make_curve_server
 from parsl_dragon.server.auth import CLIENT_DOMAIN, WORKER_DOMAIN, start_authenticator
 from parsl_dragon.server.ranks import START_TIMEOUT_SECONDS, RankLaunches, job_from
+from parsl_dragon.settings import DEFAULT_OWNER_TIMEOUT_MS
 
 logger = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 1 << 30  # libzmq drops the peer's connection past this
+_UNSENT = (errno.EAGAIN, errno.EHOSTUNREACH)  # ROUTER_MANDATORY: peer's queue full, or peer not connected
 
 
 @dataclass
@@ -57,9 +68,10 @@ class ServerOptions:
     default_pmi: str = "mpiexec"
     heartbeat_period: float = 5.0
     heartbeat_threshold: int = 3
-    idle_timeout: Optional[float] = 300.0
+    owner_timeout: Optional[float] = DEFAULT_OWNER_TIMEOUT_MS / 1000.0  # None: wait forever
     job_id: Optional[str] = None
     block_id: Optional[str] = None
+    launch_id: Optional[str] = None
     launcher_pid: Optional[int] = None
     rank_startup_timeout: Optional[float] = START_TIMEOUT_SECONDS  # + a per-rank allowance; None: no limit
     cwd: str = field(default_factory=os.getcwd)
@@ -71,6 +83,7 @@ class _Client:
     client_id: str
     owner: bool
     last_seen: float
+    backlog: Deque[p.Message] = field(default_factory=deque)  # not yet accepted by the socket, in order
 
 
 @dataclass
@@ -80,6 +93,13 @@ class _Task:
     spec: dict
     payload: bytes
     placement: dict = field(default_factory=dict)
+    worker: str = ""  # the worker it was sent to: only that worker's result is taken
+
+
+@dataclass
+class _WorkerBacklog:
+    since: float  # when the first of these sends failed
+    messages: Deque[p.Message] = field(default_factory=deque)
 
 
 class Server:
@@ -95,12 +115,14 @@ class Server:
         self.clients: Dict[bytes, _Client] = {}
         self.tasks: Dict[int, _Task] = {}
         self.worker_puids: Dict[str, int] = {}
+        self.worker_backlogs: Dict[bytes, _WorkerBacklog] = {}  # by link identity
         self.rank_launches = RankLaunches(backend, start_timeout=options.rank_startup_timeout)
         self._next_task = 0
         self._launch_seq = 0
         self._stopping = ""
         self._owner_seen = False
-        self._started = time.monotonic()
+        self._published: Optional[float] = None  # when the connection file was written
+        self._connection_path: Optional[str] = None
         self._authenticator = None
         self.frontend: Optional[zmq.Socket] = None
         self.backend_socket: Optional[zmq.Socket] = None
@@ -123,12 +145,14 @@ class Server:
             self._stop()
 
     def _bind(self, domain: str, secret: bytes) -> Tuple[zmq.Socket, int]:
+        """A CURVE ROUTER on the published address only (not every interface of the node)."""
         sock = self.context.socket(zmq.ROUTER)
         make_curve_server(sock, secret, domain)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        port = sock.bind_to_random_port("tcp://*")
+        sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_WIRE_FRAME_BYTES)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        port = sock.bind_to_random_port(f"tcp://{self.options.host_address}")
         return sock, port
 
     def _start(self) -> None:
@@ -160,17 +184,42 @@ class Server:
             server_public_key=opts.server_keys.public.decode(), host=socket.gethostname(),
             pid=os.getpid(), launcher_pid=opts.launcher_pid, job_id=opts.job_id,
             block_id=opts.block_id, server_id=self.server_id, created=time.time(),
-            log_path=opts.log_path, block_token=os.environ.get("PARSL_DRAGON_BLOCK_TOKEN"))
-        write_connection(opts.connection_file, info)
-        logger.info("Serving clients at %s; connection file %s", address, opts.connection_file)
+            log_path=opts.log_path, block_token=os.environ.get("PARSL_DRAGON_BLOCK_TOKEN"),
+            launch_id=opts.launch_id)
+        self._connection_path = self._publish(info)
+        self._published = time.monotonic()
+        logger.info("Serving clients at %s; connection file %s", address, self._connection_path)
+
+    def _publish(self, info: ConnectionInfo) -> str:
+        """Write the connection file; return where. A shared ``server_path`` is taken only if no
+        live server holds it (two drivers may race for it): the loser publishes in its block
+        directory, where its own driver's watcher looks too."""
+        path = self.options.connection_file
+        private = os.path.join(os.path.dirname(self.options.log_path), CONNECTION_FILE)
+        if path == private:
+            write_connection(path, info)
+            return path
+        for _ in range(2):
+            try:
+                write_connection(path, info, exclusive=True)
+                return path
+            except FileExistsError:
+                if not _stale(path):
+                    break
+                logger.warning("Replacing stale connection file %s", path)
+                remove_connection(path)
+        logger.warning("%s names another live server: publishing in %s instead", path, private)
+        write_connection(private, info)
+        return private
 
     def _stop(self) -> None:
         logger.info("Stopping server: %s", self._stopping or "error")
-        remove_connection(self.options.connection_file, self.server_id)
+        if self._connection_path is not None:
+            remove_connection(self._connection_path, self.server_id)
         self._goodbye_clients()
         if self.backend_socket is not None:
             for worker_id in self.scheduler.worker_ids():
-                self._send_worker(worker_id, p.StopWorker())
+                self._send_worker(worker_id.encode(), p.StopWorker(), keep=False)
         try:
             self.backend.stop(patience=2.0)
         except Exception:
@@ -190,7 +239,8 @@ class Server:
         for identity, ids in outstanding.items():
             self._fail_client_tasks(identity, ids, "ServerLost", f"server stopped: {self._stopping}")
         for identity in self.clients:
-            self._send_client(identity, p.ErrorReply(reason=f"server stopping: {self._stopping}"))
+            self._send_client(identity, p.ErrorReply(reason=f"server stopping: {self._stopping}", code=p.STOPPING))
+        self._flush_backlogs()  # a last try; LINGER 0 drops what the sockets still hold at destroy
         self.tasks.clear()
 
     # ---- main loop -----------------------------------------------------
@@ -206,7 +256,8 @@ class Server:
             if self.frontend in events:
                 self._drain(self.frontend, self._on_frontend)
             for identity, reply in self.rank_launches.finished():
-                self.backend_socket.send_multipart([identity, *p.encode(reply)])  # type: ignore[union-attr]
+                self._send_worker(identity, reply)
+            self._flush_backlogs()
             now = time.monotonic()
             if now >= next_tick:
                 self._tick(now)
@@ -230,10 +281,11 @@ class Server:
     def _tick(self, now: float) -> None:
         self._check_leases(now)
         self._check_workers()
+        self._check_worker_backlogs(now)
         for identity in self.clients:
             self._send_client(identity, p.Heartbeat(sent=time.time(), workers=self.scheduler.workers,
                                                     running=self.scheduler.running,
-                                                    queued=self.scheduler.queued))
+                                                    queued=self.scheduler.queued), keep=False)
 
     def _check_leases(self, now: float) -> None:
         lease = self.options.heartbeat_period * self.options.heartbeat_threshold
@@ -243,9 +295,11 @@ class Server:
             self._drop_client(client.identity)
             if client.owner:
                 self.request_stop(f"lost the lease of owner {client.client_id}")
-        idle = self.options.idle_timeout
-        if not self._owner_seen and idle is not None and now - self._started > idle:
-            self.request_stop(f"no owner connected within {idle:.0f}s")
+        wait = self.options.owner_timeout
+        if not self._owner_seen and wait is not None and self._published is not None \
+                and now - self._published > wait:
+            self.request_stop(f"no owner connected within {wait:.0f}s of the connection file being written "
+                              "(owner_timeout_ms / PARSL_DRAGON_OWNER_TIMEOUT)")
 
     def _check_workers(self) -> None:
         dead = self.backend.dead_workers()
@@ -263,21 +317,23 @@ class Server:
             message = p.decode(frames)
         except ProtocolError as exc:
             logger.warning("Rejected message from client %r: %s", identity, exc)
-            self._send_client(identity, p.ErrorReply(reason=str(exc)))
+            self._send_client(identity, p.ErrorReply(reason=str(exc)), keep=False)
             return
         client = self.clients.get(identity)
         if isinstance(message, p.Hello):
             self._on_hello(identity, message)
         elif client is None:
-            logger.warning("Message %s from unknown client %r before Hello", type(message).__name__, identity)
-            self._send_client(identity, p.ErrorReply(reason="no session: send Hello first"))
+            logger.warning("Message %s from unknown client %r: no session", type(message).__name__, identity)
+            self._send_client(identity, p.ErrorReply(
+                reason="no session for this link (never said Hello, or dropped after its lease expired)",
+                code=p.NO_SESSION))
         else:
             client.last_seen = time.monotonic()
             handler = self._client_handlers.get(type(message))
             if handler is None:
                 logger.warning("Rejected %s from client %s: not a client message", type(message).__name__,
                                client.client_id)
-                self._send_client(identity, p.ErrorReply(reason=f"unexpected {type(message).__name__}"))
+                self._send_client(identity, p.ErrorReply(reason=f"unexpected {type(message).__name__}"), keep=False)
             else:
                 handler(self, client, message)
 
@@ -287,7 +343,11 @@ class Server:
             logger.warning("Refusing client %s: %s", hello.client_id, problem)
             self._send_client(identity, p.Refused(reason=problem))
             return
-        self.clients[identity] = _Client(identity, hello.client_id, hello.owner, time.monotonic())
+        if identity in self.clients:  # the same link said Hello twice: keep its session and backlog
+            logger.warning("Client %s said Hello again on a live session", hello.client_id)
+            self.clients[identity].last_seen = time.monotonic()
+        else:
+            self.clients[identity] = _Client(identity, hello.client_id, hello.owner, time.monotonic())
         self._owner_seen = self._owner_seen or hello.owner
         logger.info("Client %s connected (owner=%s)", hello.client_id, hello.owner)
         self._send_client(identity, p.Welcome(
@@ -321,11 +381,24 @@ class Server:
     def _on_shutdown(self, client: _Client, message: p.Shutdown) -> None:
         self.request_stop(f"shutdown requested by {client.client_id}: {message.reason}")
 
+    def _on_sync(self, client: _Client, message: p.Sync) -> None:
+        """The client's link came back: say which of its tasks this server does not hold (they
+        were lost in flight, either way); results still in its backlog count as held."""
+        held = {t.client_task_id for t in self.tasks.values() if t.client == client.identity}
+        for queued in client.backlog:
+            if isinstance(queued, p.TaskResults):
+                held.update(r.task_id for r in queued.results)
+        unknown = [task_id for task_id in message.task_ids if task_id not in held]
+        logger.info("Client %s re-synced: %d task(s) outstanding, %d unknown here", client.client_id,
+                    len(message.task_ids), len(unknown))
+        self._send_client(client.identity, p.SyncReply(unknown=unknown))
+
     _client_handlers = {
         p.SubmitTasks: _on_submit_tasks,
         p.Heartbeat: _on_client_heartbeat,
         p.Goodbye: _on_goodbye,
         p.Shutdown: _on_shutdown,
+        p.Sync: _on_sync,
     }
 
     def _drop_client(self, identity: bytes) -> None:
@@ -345,13 +418,15 @@ class Server:
             logger.warning("Rejected message from worker link %r: %s", identity, exc)
             return
         if isinstance(message, p.TaskResults):
-            self._on_task_results(message)
+            self._on_task_results(identity.decode(errors="replace"), message)
         elif isinstance(message, p.WorkerReady):
             self._on_worker_ready(identity, message)
         elif isinstance(message, p.Monitoring):
             self._on_monitoring(message)
         elif isinstance(message, p.LaunchRanks):
             self._on_launch_ranks(identity, message)
+        elif isinstance(message, p.WorkerResync):
+            self._on_worker_resync(identity)
         else:
             logger.warning("Unexpected %s on the worker link", type(message).__name__)
 
@@ -366,9 +441,21 @@ class Server:
         self.worker_puids[worker_id] = message.puid  # only accepted workers: bounded, and no puid aliasing
         self._dispatch(assignments)
 
+    def _on_worker_resync(self, identity: bytes) -> None:
+        """A worker's link came back: tell it which tasks we sent it and have no result for; it
+        fails those it does not hold (lost in flight) with ``TaskLost``."""
+        worker_id = identity.decode(errors="replace")
+        if worker_id not in self.worker_puids:
+            logger.warning("Ignoring WorkerResync from unknown worker link %r", identity)
+            return
+        assigned = sorted(tid for tid, task in self.tasks.items() if task.worker == worker_id)
+        logger.warning("Worker %s re-synced after its link dropped: %d task(s) out there", worker_id, len(assigned))
+        self._send_worker(identity, p.ResyncMark(assigned=assigned))
+
     def _on_worker_lost(self, worker_id: str, why: str) -> None:
         host = self.scheduler.host_of_worker(worker_id) or "?"
         self.worker_puids.pop(worker_id, None)
+        self.worker_backlogs.pop(worker_id.encode(), None)
         logger.warning("Worker %s on %s lost: %s", worker_id, host, why)
         lost, assignments = self.scheduler.worker_lost(worker_id)
         self._fail_lost([lost] if lost is not None else [], host, why)
@@ -383,12 +470,17 @@ class Server:
         for identity, ids in by_client.items():
             self._fail_client_tasks(identity, ids, "WorkerLost", f"worker on host {host} was lost: {why}")
 
-    def _on_task_results(self, message: p.TaskResults) -> None:
+    def _on_task_results(self, worker_id: str, message: p.TaskResults) -> None:
         assignments: List[Assignment] = []
         per_client: Dict[bytes, p.TaskResults] = {}
         unroutable: List[int] = []
         for result, payload in zip(message.results, message.payloads):
-            task = self.tasks.pop(result.task_id, None)
+            task = self.tasks.get(result.task_id)
+            if task is not None and task.worker != worker_id:
+                logger.warning("Dropped a result for task %d from worker %s: it was sent to %s",
+                               result.task_id, worker_id, task.worker or "no worker")
+                continue
+            self.tasks.pop(result.task_id, None)
             assignments += self.scheduler.finished(result.task_id)
             if task is None or task.client not in self.clients:
                 unroutable.append(result.task_id)  # unknown id, duplicate reply or client gone
@@ -409,7 +501,7 @@ class Server:
         if task is None or not task.placement:
             reply = p.RanksDone(task_id=message.task_id, exit_codes=[], labels=[],
                                 error=f"no running MPI task {message.task_id} on this server")
-            self.backend_socket.send_multipart([identity, *p.encode(reply)])  # type: ignore[union-attr]
+            self._send_worker(identity, reply)
             return
         self._launch_seq += 1
         output_dir = os.path.join(os.path.dirname(self.options.log_path), "ranks",
@@ -430,25 +522,95 @@ class Server:
             if task is None:
                 continue
             task.placement = assignment.placement
+            task.worker = assignment.worker_id
             batch = batches.setdefault(assignment.worker_id, p.SubmitTasks(tasks=[]))
             batch.tasks.append(p.TaskEntry(task_id=assignment.task_id, spec=task.spec, placement=task.placement))
             batch.payloads.append(task.payload)
             task.payload = b""  # the worker has it now; keep memory bounded
         for worker_id, batch in batches.items():
-            self._send_worker(worker_id, batch)
+            self._send_worker(worker_id.encode(), batch)
 
     def _fail_client_tasks(self, identity: bytes, ids: List[int], error_type: str, error: str) -> None:
         results = [p.TaskResult(task_id=i, status=p.FAILED, error_type=error_type, error=error) for i in ids]
         self._send_client(identity, p.TaskResults(results=results, payloads=[b""] * len(ids)))
 
-    def _send_client(self, identity: bytes, message: p.Message) -> None:
-        try:
-            self.frontend.send_multipart([identity, *p.encode(message)], zmq.NOBLOCK)  # type: ignore[union-attr]
-        except zmq.ZMQError as exc:
-            logger.warning("Could not send %s to client %r: %s", type(message).__name__, identity, exc)
+    def _send_client(self, identity: bytes, message: p.Message, keep: bool = True) -> None:
+        """Send to a client; with ``keep``, what its socket cannot take now waits in the
+        session's backlog (in order) instead of being dropped. Heartbeats and replies to
+        bad messages are not kept."""
+        client = self.clients.get(identity)
+        if client is not None and keep and client.backlog:
+            client.backlog.append(message)
+            return
+        problem = self._try_send(self.frontend, identity, message)  # type: ignore[arg-type]
+        if problem is None:
+            return
+        if client is not None and keep:
+            logger.info("Client %s cannot take %s now (%s): kept in its backlog", client.client_id,
+                        type(message).__name__, problem)
+            client.backlog.append(message)
+        else:
+            logger.debug("Not sent: %s to %r (%s)", type(message).__name__, identity, problem)
 
-    def _send_worker(self, worker_id: str, message: p.Message) -> None:
+    def _send_worker(self, peer: bytes, message: p.Message, keep: bool = True) -> None:
+        """Send to a worker (or a rank launcher) on the worker link; what cannot be sent now
+        waits in that peer's backlog, and a worker unreachable for a lease is lost."""
+        backlog = self.worker_backlogs.get(peer)
+        if backlog is not None and keep:
+            backlog.messages.append(message)
+            return
+        problem = self._try_send(self.backend_socket, peer, message)  # type: ignore[arg-type]
+        if problem is not None and keep:
+            logger.warning("Worker link %r cannot take %s now (%s): kept in its backlog", peer,
+                           type(message).__name__, problem)
+            self.worker_backlogs[peer] = _WorkerBacklog(time.monotonic(), deque([message]))
+
+    @staticmethod
+    def _try_send(sock: zmq.Socket, identity: bytes, message: p.Message) -> Optional[str]:
+        """Send without blocking; why it was not sent (the peer's queue is full, the peer is not
+        connected), or None."""
         try:
-            self.backend_socket.send_multipart([worker_id.encode(), *p.encode(message)])  # type: ignore[union-attr]
+            sock.send_multipart([identity, *p.encode(message)], zmq.NOBLOCK)
+            return None
         except zmq.ZMQError as exc:
-            logger.warning("Could not send %s to worker %s: %s", type(message).__name__, worker_id, exc)
+            if exc.errno in _UNSENT:
+                return exc.strerror
+            raise
+
+    def _flush_backlogs(self) -> None:
+        """Send what waits, oldest first, until a peer's socket refuses again."""
+        for client in self.clients.values():
+            while client.backlog and self._try_send(self.frontend, client.identity,  # type: ignore[arg-type]
+                                                    client.backlog[0]) is None:
+                client.backlog.popleft()
+        for peer, backlog in list(self.worker_backlogs.items()):
+            while backlog.messages and self._try_send(self.backend_socket, peer,  # type: ignore[arg-type]
+                                                      backlog.messages[0]) is None:
+                backlog.messages.popleft()
+            if not backlog.messages:
+                del self.worker_backlogs[peer]
+
+    def _check_worker_backlogs(self, now: float) -> None:
+        """A worker that could not be reached for a lease is lost: its task fails, nothing hangs."""
+        lease = self.options.heartbeat_period * self.options.heartbeat_threshold
+        for peer, backlog in list(self.worker_backlogs.items()):
+            if now - backlog.since <= lease:
+                continue
+            self.worker_backlogs.pop(peer, None)
+            worker_id = peer.decode(errors="replace")
+            if worker_id in self.worker_puids:
+                self._on_worker_lost(worker_id, f"its link was unreachable for {now - backlog.since:.1f}s "
+                                                f"(lease {lease:.1f}s)")
+            else:  # a rank launcher that went away: its task's worker fails the task itself
+                logger.warning("Dropped %d message(s) for %r: unreachable for %.1fs", len(backlog.messages),
+                               peer, now - backlog.since)
+
+
+def _stale(path: str) -> bool:
+    """True if the connection file at ``path`` names a server that is gone (or cannot be read)."""
+    try:
+        return read_connection(path).pid_alive() is False
+    except FileNotFoundError:
+        return True
+    except Exception:  # damaged or refused: not ours to take over
+        return False

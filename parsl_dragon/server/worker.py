@@ -5,9 +5,17 @@ with its link address and CURVE keys in the environment. Loop::
 
     recv SubmitTasks  -> local queue
     run one task      -> Parsl's execute_task(); result or RemoteExceptionWrapper serialized
-    flush TaskResults -> when the local queue is empty, 64 results wait, or 20 ms passed
+    flush TaskResults -> when the local queue is empty, 64 results or 64 MiB wait, or 20 ms passed
 
-Results are batched so that short tasks cost one message per batch, not per task.
+When the link drops and comes back (the worker's socket monitor sees it), the worker
+sends ``WorkerResync``; the server answers with the tasks it thinks this worker has
+(``ResyncMark``), and those the worker neither holds nor answered since are failed with
+``TaskLost``: a task or a result inside the dead connection is never waited for in silence.
+
+Results are batched so that short tasks cost one message per batch, not per task. A
+result larger than one message may be (``protocol.MAX_FRAME_BYTES``) is never sent: the
+server would cut the link and the result would be lost without a word; the task fails
+with ``PayloadTooLarge`` naming its size instead, and the worker goes on.
 """
 from __future__ import annotations
 
@@ -17,9 +25,10 @@ import signal
 import sys
 import time
 from collections import deque
-from typing import Deque, List, Optional, Tuple
+from typing import Deque, Iterable, List, Optional, Set, Tuple
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from parsl_dragon import protocol as p
 from parsl_dragon.errors import RankFailure
@@ -29,6 +38,7 @@ from parsl_dragon.security import make_curve_client
 logger = logging.getLogger("parsl_dragon.server.worker")
 
 FLUSH_COUNT = 64
+FLUSH_BYTES = 64 << 20  # a batch of large results goes out without waiting for more
 FLUSH_SECONDS = 0.02
 
 
@@ -78,6 +88,12 @@ def run_task(payload: bytes, report: Optional[str] = None) -> Tuple[str, bytes, 
             return p.FAILED, b"", f"task raised an exception that could not be serialized: {exc!r}"
 
 
+def lost_in_flight(assigned: Iterable[int], held: Set[int]) -> List[int]:
+    """The tasks the server has sent us (``assigned``) that we neither hold nor answered
+    after our ``WorkerResync``: lost in the dropped connection, one way or the other."""
+    return sorted(set(assigned) - held)
+
+
 class Worker:
     """One worker's link to its server and its local task queue."""
 
@@ -90,10 +106,17 @@ class Worker:
         self.socket.setsockopt(zmq.LINGER, 2000)
         make_curve_client(self.socket, os.environ["PARSL_DRAGON_WORKER_SECRET"].encode(),
                           os.environ["PARSL_DRAGON_WORKER_SERVER_KEY"].encode())
+        self.monitor = self.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self.poller = zmq.Poller()
+        self.poller.register(self.socket, zmq.POLLIN)
+        self.poller.register(self.monitor, zmq.POLLIN)
         self.socket.connect(os.environ["PARSL_DRAGON_WORKER_ADDRESS"])
+        self.link_down = False
+        self.answered_since_resync: Optional[Set[int]] = None  # None: no re-sync under way
         self.queue: Deque[Tuple[p.TaskEntry, bytes]] = deque()
         self.results: List[p.TaskResult] = []
         self.payloads: List[bytes] = []
+        self.batch_bytes = 0
         self.stopping = False
 
     def run(self) -> None:
@@ -105,7 +128,8 @@ class Worker:
             if self.queue:
                 self._run_one()
             due = time.monotonic() - last_flush > FLUSH_SECONDS
-            if self.results and (not self.queue or len(self.results) >= FLUSH_COUNT or due):
+            full = len(self.results) >= FLUSH_COUNT or self.batch_bytes >= FLUSH_BYTES
+            if self.results and (not self.queue or full or due):
                 self._flush()
                 last_flush = time.monotonic()
         self._flush()
@@ -113,17 +137,54 @@ class Worker:
 
     def _receive(self, block: bool) -> None:
         timeout = 1000 if block else 0
-        while self.socket.poll(timeout, zmq.POLLIN):
+        while True:
+            events = dict(self.poller.poll(timeout))
+            if not events:
+                return
             timeout = 0
-            try:
-                message = p.decode(self.socket.recv_multipart())
-            except p.ProtocolError as exc:
-                logger.warning("Ignoring malformed message from server: %s", exc)
-                continue
-            if isinstance(message, p.SubmitTasks):
-                self.queue.extend(zip(message.tasks, message.payloads))
-            elif isinstance(message, p.StopWorker):
-                self.stopping = True
+            if self.monitor in events:
+                self._on_link_event(recv_monitor_message(self.monitor)["event"])
+            if self.socket in events:
+                try:
+                    message = p.decode(self.socket.recv_multipart())
+                except p.ProtocolError as exc:
+                    logger.warning("Ignoring malformed message from server: %s", exc)
+                    continue
+                self._on_message(message)
+
+    def _on_message(self, message: p.Message) -> None:
+        if isinstance(message, p.SubmitTasks):
+            self.queue.extend(zip(message.tasks, message.payloads))
+        elif isinstance(message, p.StopWorker):
+            self.stopping = True
+        elif isinstance(message, p.ResyncMark):
+            self._on_resync_mark(message)
+
+    def _on_link_event(self, event: int) -> None:
+        if event == zmq.EVENT_DISCONNECTED and not self.link_down:
+            self.link_down = True
+            logger.warning("Link to the server dropped; reconnecting")
+        elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self.link_down:
+            self.link_down = False
+            logger.warning("Link to the server is back: re-syncing")
+            self._flush()  # results computed so far go ahead of the question
+            self.answered_since_resync = set()
+            self._send(p.WorkerResync(worker_id=self.worker_id))
+
+    def _on_resync_mark(self, message: p.ResyncMark) -> None:
+        if self.answered_since_resync is None:
+            return
+        held = {entry.task_id for entry, _ in self.queue} | {r.task_id for r in self.results}
+        lost = lost_in_flight(message.assigned, held | self.answered_since_resync)
+        self.answered_since_resync = None
+        if lost:
+            logger.error("Tasks lost in the dropped link: %s", lost)
+        for task_id in lost:
+            self.results.append(p.TaskResult(
+                task_id=task_id, status=p.FAILED, host=self.host, error_type="TaskLost",
+                error=f"the task or its result was lost in flight when the link of worker {self.worker_id} "
+                      "dropped; it may be retried"))
+            self.payloads.append(b"")
 
     def _run_one(self) -> None:
         entry, payload = self.queue.popleft()
@@ -132,14 +193,22 @@ class Worker:
                 status, outcome, error = run_task(payload, report)
         else:
             status, outcome, error = run_task(payload)
+        error_type = "SerializationError" if error else ""
+        too_large = p.oversize_error(f"the result of task {entry.task_id}", len(outcome))
+        if too_large:
+            logger.error("%s", too_large)
+            status, outcome, error_type, error = p.FAILED, b"", "PayloadTooLarge", too_large
         self.results.append(p.TaskResult(task_id=entry.task_id, status=status, host=self.host,
-                                         error_type="SerializationError" if error else "", error=error))
+                                         error_type=error_type, error=error))
         self.payloads.append(outcome)
+        self.batch_bytes += len(outcome)
 
     def _flush(self) -> None:
         if self.results:
             self._send(p.TaskResults(results=self.results, payloads=self.payloads))
-            self.results, self.payloads = [], []
+            if self.answered_since_resync is not None:
+                self.answered_since_resync.update(r.task_id for r in self.results)
+            self.results, self.payloads, self.batch_bytes = [], [], 0
 
     def _send(self, message: p.Message) -> None:
         self.socket.send_multipart(p.encode(message))

@@ -1,5 +1,6 @@
 """A server shared between workflows through server_path, and keys it does not trust."""
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -60,7 +61,13 @@ def test_untrusted_key_is_rejected_quickly(load_dfk, tmp_path):
     load_dfk(server_path=server_dir)
     assert server_of_worker().result(timeout=120)
 
+    # Another key directory with the same server key (so the driver's pin passes) but its own
+    # client key: the server's ZAP handler must refuse that client.
     other_keys = tmp_path / "other-keys"
+    other_keys.mkdir(mode=0o700)
+    ours = os.environ["PARSL_DRAGON_KEY_PATH"]
+    for name in ("server.key", "server.key_secret"):
+        shutil.copy2(os.path.join(ours, name), other_keys / name)
     intruder = DragonExecutor(label="intruder", server_path=server_dir, key_path=str(other_keys))
     intruder.run_dir = str(tmp_path / "intruder")
     started = time.monotonic()

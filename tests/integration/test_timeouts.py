@@ -1,9 +1,10 @@
 """Timeouts keep the seed's meaning: milliseconds, ``-1`` waits forever, argument > environment.
 
 ``timeout_ms`` / ``PARSL_DRAGON_TIMEOUT`` bounds the handshake with a server;
-``startup_timeout_ms`` / ``PARSL_DRAGON_STARTUP_TIMEOUT`` bounds a block's start-up and is
-also the server's wait for its owner (``--idle-timeout``). The start-up timeout firing is
-tested in ``test_lifecycle.py::test_startup_timeout_fails_tasks_with_log_location``.
+``startup_timeout_ms`` / ``PARSL_DRAGON_STARTUP_TIMEOUT`` bounds a block's start-up;
+``owner_timeout_ms`` / ``PARSL_DRAGON_OWNER_TIMEOUT`` the server's wait for its owner once it
+has published (``--owner-timeout``). The start-up timeout firing is tested in
+``test_lifecycle.py::test_startup_timeout_fails_tasks_with_log_location``.
 """
 import glob
 import logging
@@ -37,22 +38,23 @@ def _server_argv(tmp_path):
 
 
 def test_infinite_timeouts_as_arguments(load_dfk, tmp_path):
-    dfk = load_dfk(timeout_ms=-1, startup_timeout_ms=-1)
+    dfk = load_dfk(timeout_ms=-1, startup_timeout_ms=-1, owner_timeout_ms=-1)
     assert square(4).result(timeout=180) == 16
     executor = dfk.executors["dragon"]
     assert executor.settings.timeout_s is None and executor.settings.startup_timeout_s is None
     assert executor._client.timeout_s is None
-    assert "'--idle-timeout', '-1'" in _server_argv(tmp_path), "the server waits for its owner forever too"
+    assert "'--owner-timeout', '-1'" in _server_argv(tmp_path), "the server waits for its owner forever too"
 
 
 def test_timeouts_from_the_environment(load_dfk, monkeypatch, tmp_path):
     monkeypatch.setenv("PARSL_DRAGON_TIMEOUT", "-1")
     monkeypatch.setenv("PARSL_DRAGON_STARTUP_TIMEOUT", "-1")
+    monkeypatch.setenv("PARSL_DRAGON_OWNER_TIMEOUT", "-1")
     dfk = load_dfk()
     assert square(5).result(timeout=180) == 25
     settings = dfk.executors["dragon"].settings
-    assert (settings.timeout_ms, settings.startup_timeout_ms) == (-1, -1)
-    assert "'--idle-timeout', '-1'" in _server_argv(tmp_path)
+    assert (settings.timeout_ms, settings.startup_timeout_ms, settings.owner_timeout_ms) == (-1, -1, -1)
+    assert "'--owner-timeout', '-1'" in _server_argv(tmp_path)
 
 
 # ---------------------------------------------------------------- the handshake timeout
@@ -179,3 +181,36 @@ def test_minus_one_waits_for_a_late_server(keys, tmp_path):
     print(f"timeout -1: Welcome after {waited:.2f}s")
     assert ready.is_set() and link.server_id == "late"
     assert waited >= 3.5
+
+
+# ---------------------------------------------------------------- the owner timeout
+
+def test_a_block_whose_driver_never_connects_stops_after_the_owner_timeout(no_leaks, tmp_path):
+    """A batch block (no driver pid to follow) whose driver never comes: its server gives up
+    ``owner_timeout`` after publishing, and the runtime goes with it, well before 300 s."""
+    import shlex
+    import subprocess
+
+    from parsl_dragon.blocks import BlockLaunch, boot_command
+    from parsl_dragon.connection import read_connection
+
+    security.load_pair(os.environ["PARSL_DRAGON_KEY_PATH"], security.SERVER)
+    block_dir = tmp_path / "block-0"
+    launch = BlockLaunch("0", str(block_dir), connection_path(str(block_dir)), launched=time.time())
+    command = boot_command(launch, os.environ["PARSL_DRAGON_KEY_PATH"], "tcp",
+                           {"owner_timeout": 5.0, "workers_per_node": 1, "heartbeat_period": 1.0})
+    started = time.monotonic()
+    boot = subprocess.Popen(shlex.split(command), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        code = boot.wait(timeout=120)
+    finally:
+        if boot.poll() is None:
+            boot.kill()
+            boot.wait()
+    took = time.monotonic() - started
+    server_log = (block_dir / "server.log").read_text()
+    print(f"block without a driver stopped after {took:.1f}s (owner timeout 5s)")
+    assert "no owner connected within 5s of the connection file being written" in server_log
+    assert code == 0 and took < 120
+    with pytest.raises(FileNotFoundError):
+        read_connection(launch.connection_file)

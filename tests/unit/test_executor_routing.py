@@ -21,7 +21,7 @@ class RecordingClient:
 def link(server_id="s1", nodes=("n1",), cores=(4,), workers=1):
     welcome = p.Welcome(server_id=server_id, host="n1", parsl_version="x", python_version="3.11",
                         nodes=list(nodes), workers=workers, cores=list(cores), gpus=[0] * len(nodes))
-    return ServerLink(info=None, welcome=welcome, owner=True, socket=None)
+    return ServerLink(info=None, welcome=welcome, owner=True, socket=None, monitor=None)
 
 
 def held(executor, task_id, spec):
@@ -82,3 +82,92 @@ def test_prefetch_capacity_must_not_be_negative():
     from parsl_dragon.errors import ConfigurationError
     with pytest.raises(ConfigurationError, match="prefetch_capacity"):
         DragonExecutor(prefetch_capacity=-1)
+
+
+class ControlClient(RecordingClient):
+    def __init__(self):
+        super().__init__()
+        self.control = []
+
+    def send(self, server_id, message):
+        self.control.append((server_id, message))
+
+
+def ok(task_id):
+    from parsl.serialize import serialize
+    return p.TaskResult(task_id=task_id, status=p.OK), serialize(task_id * 10)
+
+
+def test_an_outcome_counts_only_from_the_server_the_task_was_routed_to():
+    executor = DragonExecutor()
+    executor._client = RecordingClient()
+    executor._add_server(link("s1"), block_id="0")
+    executor._add_server(link("s2"), block_id="1")
+    futures = {}
+    for task_id in (1, 2):
+        futures[task_id] = Future()
+        executor._tasks[task_id] = futures[task_id]
+        executor._send(executor._router.submit(task_id, {}, b"payload"))
+    where = {task_id: server for server, task_id in executor._client.sent}
+    other = {"s1": "s2", "s2": "s1"}
+    forged, payload = ok(1)
+    executor._on_results(other[where[1]], p.TaskResults(results=[forged], payloads=[payload]))
+    assert not futures[1].done(), "a server cannot resolve a task it was never given"
+    real, payload = ok(1)
+    executor._on_results(where[1], p.TaskResults(results=[real], payloads=[payload]))
+    assert futures[1].result() == 10
+    again, payload = ok(1)
+    executor._on_results(where[1], p.TaskResults(results=[again], payloads=[payload]))  # a duplicate: ignored
+    assert futures[1].result() == 10 and not futures[2].done()
+
+
+def test_a_reconnected_link_syncs_the_tasks_still_out_at_that_server():
+    executor = DragonExecutor()
+    executor._client = ControlClient()
+    executor._add_server(link("s1", workers=4), block_id="0")
+    for task_id in (3, 1, 2):
+        executor._tasks[task_id] = Future()
+        executor._send(executor._router.submit(task_id, {}, b"payload"))
+    executor._on_reconnected("s1")
+    [(server_id, message)] = executor._client.control
+    assert server_id == "s1" and isinstance(message, p.Sync) and message.task_ids == [1, 2, 3]
+    executor._on_reconnected("gone")  # a server already forgotten: nothing to sync
+    assert len(executor._client.control) == 1
+
+
+def test_task_lost_from_a_sync_fails_the_future_with_task_lost():
+    from parsl_dragon.errors import TaskLost
+    executor = DragonExecutor()
+    executor._client = RecordingClient()
+    executor._add_server(link("s1"), block_id="0")
+    future = Future()
+    executor._tasks[1] = future
+    executor._send(executor._router.submit(1, {}, b"payload"))
+    executor._on_results("s1", p.TaskResults(results=[p.TaskResult(
+        task_id=1, status=p.FAILED, error_type="TaskLost", error="lost in flight")], payloads=[b""]))
+    with pytest.raises(TaskLost, match="lost in flight"):
+        future.result()
+
+
+def test_an_argument_over_the_message_limit_is_refused_at_submit(monkeypatch):
+    from parsl_dragon.errors import PayloadTooLarge
+    monkeypatch.setattr(p, "MAX_FRAME_BYTES", 10_000)
+    executor = DragonExecutor()
+    executor._client = RecordingClient()
+    executor._started = True
+    with pytest.raises(PayloadTooLarge, match=r"packed task \(len with its arguments\) is [\d,]+ bytes"):
+        executor.submit(len, {}, b"z" * 20_000)
+    assert executor.outstanding() == 0 and executor._client.sent == []
+    assert executor.submit(len, {}, b"z").parsl_executor_task_id == 1
+
+
+def test_a_connection_file_naming_another_server_key_is_refused_before_connecting():
+    from parsl_dragon.connection import ConnectionInfo
+    from parsl_dragon.errors import AuthenticationFailed
+    executor = DragonExecutor()
+    executor._server_key = "our-server-key"
+    info = ConnectionInfo(protocol=p.PROTOCOL_VERSION, address="tcp://127.0.0.1:1", server_public_key="theirs",
+                          host="h", pid=1, launcher_pid=None, job_id=None, block_id="0", server_id="x",
+                          created=0.0, log_path="/x")
+    with pytest.raises(AuthenticationFailed, match="is not the server key in"):
+        executor._connect(info, owner=True)  # no client exists: reaching connect() would fail differently

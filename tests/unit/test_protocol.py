@@ -48,6 +48,10 @@ def _samples():
         "Goodbye": p.Goodbye(),
         "Shutdown": p.Shutdown(reason="owner exiting"),
         "ErrorReply": p.ErrorReply(reason="SubmitTasks has 2 entries but 1 payloads"),
+        "Sync": p.Sync(task_ids=[3, 5, 8]),
+        "SyncReply": p.SyncReply(unknown=[5]),
+        "WorkerResync": p.WorkerResync(worker_id="n1:42"),
+        "ResyncMark": p.ResyncMark(assigned=[1, 2]),
         "WorkerReady": p.WorkerReady(worker_id="w-3", host="nid0002", pid=4242, puid=17),
         "StopWorker": p.StopWorker(),
         "LaunchRanks": p.LaunchRanks(task_id=12, argv=["./sim", "--step", "1"], cwd="/scratch/run",
@@ -354,3 +358,16 @@ def test_protocol_error_is_value_error_and_executor_error():
 def test_protocol_error_can_be_caught_as_value_error():
     with pytest.raises(ValueError):
         p.decode([b"\x01{"])
+
+
+def test_error_reply_says_what_kind_of_refusal_it_is():
+    assert p.ErrorReply(reason="bad").code == p.REJECTED
+    decoded = p.decode(p.encode(p.ErrorReply(reason="no session", code=p.NO_SESSION)))
+    assert decoded.code == p.NO_SESSION and len({p.REJECTED, p.NO_SESSION, p.STOPPING}) == 3
+
+
+def test_oversize_error_names_the_size_and_the_limit():
+    assert p.oversize_error("the result", p.MAX_FRAME_BYTES) is None
+    text = p.oversize_error("the result of task 7", int(1.25 * 2**30))
+    assert "the result of task 7 is 1,342,177,280 bytes (1.25 GiB)" in text
+    assert f"{p.MAX_FRAME_BYTES:,}-byte (1 GiB) limit" in text

@@ -13,7 +13,7 @@ TWO_NODES = {"num_nodes": 2, "ranks_per_node": 1, "num_ranks": 2, "pmi": "none"}
 def link(server_id="s1", nodes=("n1",), cores=(4,), workers=1):
     welcome = p.Welcome(server_id=server_id, host="n1", parsl_version="x", python_version="3.11",
                         nodes=list(nodes), workers=workers, cores=list(cores), gpus=[0] * len(nodes))
-    return ServerLink(info=None, welcome=welcome, owner=True, socket=None)
+    return ServerLink(info=None, welcome=welcome, owner=True, socket=None, monitor=None)
 
 
 def sent(sends):

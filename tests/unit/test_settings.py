@@ -229,3 +229,12 @@ def test_parse_helpers_directly():
         s.parse_timeout_ms(0, "my-name")
     with pytest.raises(ConfigurationError, match="^my-name must"):
         s.parse_transport("udp", "my-name")
+
+
+def test_owner_timeout_follows_argument_environment_default():
+    DEFAULT_OWNER_TIMEOUT_MS, ENV_OWNER_TIMEOUT = s.DEFAULT_OWNER_TIMEOUT_MS, s.ENV_OWNER_TIMEOUT
+    assert s.resolve_settings(env={}).owner_timeout_ms == DEFAULT_OWNER_TIMEOUT_MS == 60_000
+    assert s.resolve_settings(env={ENV_OWNER_TIMEOUT: "-1"}).owner_timeout_s is None
+    assert s.resolve_settings(owner_timeout_ms=5000, env={ENV_OWNER_TIMEOUT: "-1"}).owner_timeout_s == 5.0
+    with pytest.raises(ConfigurationError, match="owner_timeout_ms"):
+        s.resolve_settings(owner_timeout_ms=0, env={})

@@ -1,0 +1,233 @@
+"""The server's message handling (server/service.py) with fake sockets: sessions, backlogs,
+re-sync, and what it accepts from whom. No Dragon, no network."""
+import errno
+import os
+import socket
+import time
+
+import pytest
+import zmq
+
+from parsl_dragon import protocol as p
+from parsl_dragon.connection import ConnectionInfo, connection_path, read_connection, write_connection
+from parsl_dragon.placement import NodeSlots
+from parsl_dragon.scheduler import TaskScheduler
+from parsl_dragon.security import ephemeral_pair
+from parsl_dragon.server.auth import CLIENT_DOMAIN
+from parsl_dragon.server.service import Server, ServerOptions
+
+LEASE = 3.0  # heartbeat_period 1.0 x threshold 3
+
+
+class FakeSocket:
+    """Records what is sent; peers listed in ``unreachable`` / ``full`` refuse like a
+    ROUTER_MANDATORY socket does (EHOSTUNREACH / EAGAIN)."""
+
+    def __init__(self):
+        self.sent = []
+        self.unreachable = set()
+        self.full = set()
+
+    def send_multipart(self, frames, flags=0):
+        identity = frames[0]
+        if identity in self.unreachable:
+            raise zmq.ZMQError(errno.EHOSTUNREACH)
+        if identity in self.full:
+            raise zmq.ZMQError(errno.EAGAIN)
+        self.sent.append((identity, p.decode(frames[1:])))
+
+    def to(self, identity, kind=None):
+        return [m for i, m in self.sent if i == identity and (kind is None or isinstance(m, kind))]
+
+
+class FakeBackend:
+    def __init__(self):
+        self.dead = []
+
+    def hostnames(self):
+        return ["n1"]
+
+    def expected_workers(self):
+        return 2
+
+    def dead_workers(self):
+        dead, self.dead = self.dead, []
+        return dead
+
+
+@pytest.fixture
+def server(tmp_path):
+    block = tmp_path / "block"
+    block.mkdir(mode=0o700)
+    options = ServerOptions(connection_file=connection_path(str(block)), log_path=str(block / "server.log"),
+                            server_keys=ephemeral_pair(), client_keys=[], heartbeat_period=1.0,
+                            heartbeat_threshold=3)
+    srv = Server(options, FakeBackend())
+    srv.frontend, srv.backend_socket = FakeSocket(), FakeSocket()
+    srv.scheduler = TaskScheduler([NodeSlots("n1", 4, 0, workers=2)])
+    yield srv
+    srv.context.destroy(linger=0)
+
+
+def hello(srv, identity=b"c1", owner=True):
+    srv._on_frontend(identity, p.encode(p.Hello(client_id=identity.decode(), protocol=p.PROTOCOL_VERSION,
+                                                parsl_version=__import__("parsl").__version__,
+                                                python_version=p.PYTHON_VERSION, owner=owner)))
+
+
+def worker(srv, worker_id="n1:1"):
+    srv._on_backend(worker_id.encode(), p.encode(p.WorkerReady(worker_id=worker_id, host="n1", pid=1, puid=7)))
+
+
+def submit(srv, *task_ids, identity=b"c1"):
+    srv._on_frontend(identity, p.encode(p.SubmitTasks(tasks=[p.TaskEntry(task_id=t) for t in task_ids],
+                                                      payloads=[b"payload-%d" % t for t in task_ids])))
+
+
+def result(srv, server_task_id, worker_id="n1:1", payload=b"42"):
+    srv._on_backend(worker_id.encode(), p.encode(p.TaskResults(
+        results=[p.TaskResult(task_id=server_task_id, status=p.OK)], payloads=[payload])))
+
+
+def test_a_link_without_a_session_is_told_so_with_its_own_code(server):
+    server._on_frontend(b"stranger", p.encode(p.Heartbeat(sent=0.0)))
+    [reply] = server.frontend.to(b"stranger")
+    assert isinstance(reply, p.ErrorReply) and reply.code == p.NO_SESSION
+
+
+def test_results_a_client_cannot_take_now_wait_in_order_and_heartbeats_are_not_kept(server):
+    hello(server)
+    worker(server)
+    submit(server, 10, 11)
+    server.frontend.full.add(b"c1")
+    result(server, 1, payload=b"first")
+    server._tick(time.monotonic())  # a heartbeat while the client's queue is full: dropped, not kept
+    assert [type(m) for m in server.clients[b"c1"].backlog] == [p.TaskResults]
+    server.frontend.full.clear()
+    result(server, 2, payload=b"second")  # queued behind the backlog, not ahead of it
+    assert len(server.clients[b"c1"].backlog) == 2
+    server._flush_backlogs()
+    results = server.frontend.to(b"c1", p.TaskResults)
+    assert [(r.results[0].task_id, r.payloads[0]) for r in results] == [(10, b"first"), (11, b"second")]
+    assert not server.clients[b"c1"].backlog
+
+
+def test_sync_names_exactly_the_tasks_the_server_does_not_hold(server):
+    hello(server)
+    worker(server)
+    submit(server, 10, 11)
+    server.frontend.unreachable.add(b"c1")
+    result(server, 1)  # task 10's result waits in the backlog: still held
+    server.frontend.unreachable.clear()
+    server._on_frontend(b"c1", p.encode(p.Sync(task_ids=[10, 11, 12])))
+    server._flush_backlogs()
+    messages = server.frontend.to(b"c1")
+    assert isinstance(messages[-1], p.SyncReply) and messages[-1].unknown == [12]
+    assert isinstance(messages[-2], p.TaskResults), "the backlog goes out before the reply"
+
+
+def test_a_task_for_an_unreachable_worker_is_delivered_when_it_comes_back(server):
+    hello(server)
+    worker(server)
+    server.backend_socket.unreachable.add(b"n1:1")
+    submit(server, 10)
+    assert not server.backend_socket.to(b"n1:1", p.SubmitTasks)
+    server.backend_socket.unreachable.clear()
+    server._flush_backlogs()
+    [batch] = server.backend_socket.to(b"n1:1", p.SubmitTasks)
+    assert batch.payloads == [b"payload-10"] and not server.worker_backlogs
+
+
+def test_a_worker_unreachable_for_a_lease_is_lost_and_its_task_fails(server):
+    hello(server)
+    worker(server)
+    server.backend_socket.unreachable.add(b"n1:1")
+    submit(server, 10)
+    server._check_worker_backlogs(time.monotonic() + LEASE - 1)
+    assert not server.frontend.to(b"c1", p.TaskResults), "within the lease it only waits"
+    server._check_worker_backlogs(time.monotonic() + LEASE + 1)
+    [failed] = server.frontend.to(b"c1", p.TaskResults)
+    assert failed.results[0].task_id == 10 and failed.results[0].error_type == "WorkerLost"
+    assert "unreachable" in failed.results[0].error and not server.tasks
+
+
+def test_a_result_from_a_worker_the_task_was_not_sent_to_is_dropped(server):
+    hello(server)
+    worker(server, "n1:1")
+    worker(server, "n1:2")
+    submit(server, 10)
+    sent_to = next(i for i, m in server.backend_socket.sent if isinstance(m, p.SubmitTasks))
+    other = "n1:2" if sent_to == b"n1:1" else "n1:1"
+    result(server, 1, worker_id=other, payload=b"forged")
+    assert not server.frontend.to(b"c1", p.TaskResults) and 1 in server.tasks
+    result(server, 1, worker_id=sent_to.decode(), payload=b"real")
+    [batch] = server.frontend.to(b"c1", p.TaskResults)
+    assert batch.payloads == [b"real"]
+
+
+def test_no_owner_within_the_owner_timeout_of_publishing_stops_the_server(server):
+    server.options.owner_timeout = 60.0
+    now = time.monotonic()
+    server._check_leases(now)
+    assert not server._stopping, "the clock starts when the connection file is written"
+    server._published = now - 59
+    server._check_leases(now)
+    assert not server._stopping
+    server._published = now - 61
+    server._check_leases(now)
+    assert "no owner connected within 60s" in server._stopping and "PARSL_DRAGON_OWNER_TIMEOUT" in server._stopping
+
+
+def _info(server_id, pid):
+    return ConnectionInfo(protocol=p.PROTOCOL_VERSION, address="tcp://127.0.0.1:1", server_public_key="k",
+                          host=socket.gethostname(), pid=pid, launcher_pid=None, job_id=None, block_id="0",
+                          server_id=server_id, created=time.time(), log_path="/x", launch_id=server_id)
+
+
+def test_a_shared_path_held_by_a_live_server_is_left_to_it(server, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o700)
+    server.options.connection_file = connection_path(str(shared))
+    write_connection(server.options.connection_file, _info("other", os.getpid()))
+    where = server._publish(_info("mine", os.getpid()))
+    assert where == connection_path(str(tmp_path / "block"))
+    assert read_connection(server.options.connection_file).server_id == "other"
+    assert read_connection(where).server_id == "mine"
+
+
+def test_a_shared_path_held_by_a_dead_server_is_taken_over(server, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o700)
+    server.options.connection_file = connection_path(str(shared))
+    dead = os.fork()
+    if dead == 0:
+        os._exit(0)
+    os.waitpid(dead, 0)
+    write_connection(server.options.connection_file, _info("gone", dead))
+    assert server._publish(_info("mine", os.getpid())) == server.options.connection_file
+    assert read_connection(server.options.connection_file).server_id == "mine"
+
+
+def test_sockets_bind_only_the_published_address(server):
+    sock, port = server._bind(CLIENT_DOMAIN, server.options.server_keys.secret)
+    try:
+        assert sock.getsockopt(zmq.LAST_ENDPOINT).decode() == f"tcp://127.0.0.1:{port}"
+        assert sock.getsockopt(zmq.MAXMSGSIZE) == p.MAX_WIRE_FRAME_BYTES == p.MAX_FRAME_BYTES + 33
+    finally:
+        sock.close(linger=0)
+
+
+def test_a_worker_that_reconnects_is_told_which_tasks_it_should_hold(server):
+    hello(server)
+    worker(server)
+    submit(server, 10, 11)
+    result(server, 1)
+    server._on_backend(b"n1:1", p.encode(p.WorkerResync(worker_id="n1:1")))
+    [mark] = server.backend_socket.to(b"n1:1", p.ResyncMark)
+    assert mark.assigned == [2], "task 10 is answered; task 11 is still out at that worker"
+    server._on_backend(b"n1:1", p.encode(p.TaskResults(results=[p.TaskResult(
+        task_id=2, status=p.FAILED, error_type="TaskLost", error="lost in flight")], payloads=[b""])))
+    lost = server.frontend.to(b"c1", p.TaskResults)[-1].results[0]
+    assert (lost.task_id, lost.error_type) == (11, "TaskLost") and not server.tasks
+    server._on_backend(b"stranger", p.encode(p.WorkerResync(worker_id="stranger")))
+    assert not server.backend_socket.to(b"stranger")
