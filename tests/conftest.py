@@ -8,6 +8,7 @@
 
 import os
 import shutil
+import signal
 import tempfile
 
 import pytest
@@ -19,6 +20,7 @@ except ImportError:  # tests/ as a rootdir-relative conftest directory (pytest's
 
 KEY_PATH_VAR = "PARSL_DRAGON_KEY_PATH"
 LEAK_TIMEOUT = 30.0
+OTHER_UID = 65534  # nobody: the tests run as root, who may chown a file to simulate another user
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -48,3 +50,15 @@ def no_leaks():
     yield before
     leaked = leaks.wait_for_no_leaks(before, timeout=LEAK_TIMEOUT)
     assert not leaked, f"left behind after {LEAK_TIMEOUT:.0f}s:\n" + leaks.describe(leaked)
+
+
+@pytest.fixture
+def deadline():
+    """Fail (instead of hanging) if the test body blocks for more than 10 s, e.g. on a FIFO."""
+    def expire(*_):
+        pytest.fail("blocked for 10 s")  # not an OSError: nothing may mistake it for a read error
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(10)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)

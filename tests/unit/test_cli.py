@@ -22,6 +22,7 @@ from parsl_dragon import security
 from parsl_dragon.connection import ConnectionInfo, connection_path, write_connection
 from parsl_dragon.server import boot
 from parsl_dragon.server.auth import CLIENT_DOMAIN, start_authenticator
+from tests.conftest import OTHER_UID
 
 HERE = socket.gethostname()
 ELSEWHERE = "node-that-is-not-" + HERE
@@ -298,20 +299,6 @@ def test_damaged_file(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- connection files we must not trust or cannot use
-
-OTHER_UID = 65534  # nobody: the tests run as root, who may chown to simulate another user
-
-
-@pytest.fixture
-def deadline():
-    """Fail (instead of hanging) if the test body blocks for more than 10 s."""
-    def expire(*_):
-        pytest.fail("blocked for 10 s")  # not an OSError: nothing may mistake it for a read error
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(10)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
 
 
 def test_mistyped_pid_is_damaged_not_a_crash(tmp_path, capsys):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import socket
 import stat
 import subprocess
@@ -15,6 +14,7 @@ import pytest
 
 from parsl_dragon import connection as c
 from parsl_dragon.errors import ConfigurationError, InsecurePath
+from tests.conftest import OTHER_UID
 
 
 def _info(**overrides) -> c.ConnectionInfo:
@@ -234,20 +234,6 @@ def test_pid_alive_unknown_on_another_host():
 
 
 # ---------------------------------------------------------------- trust: who may have written the file
-
-OTHER_UID = 65534  # nobody: a file of another user (the tests run as root, who may chown)
-
-
-@pytest.fixture
-def deadline():
-    """Fail (instead of hanging) if the test body blocks for more than 5 s."""
-    def expire(*_):
-        pytest.fail("blocked for 5 s")  # not an OSError: nothing may mistake it for a read error
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(5)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
 
 
 def test_read_refuses_a_fifo_without_blocking(tmp_path, deadline):

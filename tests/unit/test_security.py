@@ -13,11 +13,9 @@ import zmq
 from parsl_dragon import security
 from parsl_dragon.errors import ConfigurationError, DragonExecutorError, InsecureKeyPath, InsecurePath
 from parsl_dragon.server.auth import CLIENT_DOMAIN, WORKER_DOMAIN, start_authenticator
+from tests.conftest import OTHER_UID
 
 pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq built without CURVE")
-
-
-OTHER_UID = 65534  # nobody: the tests run as root, who may chown to simulate another user
 
 
 def _mode(path) -> int:
