@@ -149,7 +149,7 @@ def parent_pid(pid: int) -> Optional[int]:
 
 def carries_token(pid: int, token: Optional[str]) -> bool:
     """Whether ``pid``'s environment holds the block token (never for zombies or others' processes)."""
-    return bool(token) and f"{boot.TOKEN_VAR}={token}".encode() in _proc(pid, "environ").split(b"\0")
+    return bool(token) and boot.carries_token(pid, token)  # type: ignore[arg-type]
 
 
 class Block:

@@ -580,15 +580,16 @@ class Server:
     def _flush_backlogs(self) -> None:
         """Send what waits, oldest first, until a peer's socket refuses again."""
         for client in self.clients.values():
-            while client.backlog and self._try_send(self.frontend, client.identity,  # type: ignore[arg-type]
-                                                    client.backlog[0]) is None:
-                client.backlog.popleft()
+            self._send_backlog(self.frontend, client.identity, client.backlog)  # type: ignore[arg-type]
         for peer, backlog in list(self.worker_backlogs.items()):
-            while backlog.messages and self._try_send(self.backend_socket, peer,  # type: ignore[arg-type]
-                                                      backlog.messages[0]) is None:
-                backlog.messages.popleft()
-            if not backlog.messages:
+            if self._send_backlog(self.backend_socket, peer, backlog.messages):  # type: ignore[arg-type]
                 del self.worker_backlogs[peer]
+
+    def _send_backlog(self, sock: zmq.Socket, identity: bytes, backlog: Deque[p.Message]) -> bool:
+        """Send ``backlog`` in order until the socket refuses; True once it is empty."""
+        while backlog and self._try_send(sock, identity, backlog[0]) is None:
+            backlog.popleft()
+        return not backlog
 
     def _check_worker_backlogs(self, now: float) -> None:
         """A worker that could not be reached for a lease is lost: its task fails, nothing hangs."""
