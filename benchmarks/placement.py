@@ -1,6 +1,6 @@
 """Planning time of the pure slot-table scheduler on a simulated large allocation.
 
-No Dragon, no sockets: it drives ``parsl_dragon.placement.SlotTable`` directly on a
+No Dragon, no sockets: it drives ``parsl_dragon.core.placement.SlotTable`` directly on a
 simulated allocation (default 1,000 nodes x 64 cores, 16 workers per node) and prints,
 for each scenario, the time to plan every task (all ``submit`` calls) and to release
 them again. Scenarios with 10,000 ranks in total:
@@ -23,7 +23,7 @@ import statistics
 import time
 from typing import Callable, List, Tuple
 
-from parsl_dragon.placement import NodeSlots, Request, SlotTable
+from parsl_dragon.core.placement import NodeSlots, Request, SlotTable
 
 
 def make_table(args: argparse.Namespace) -> SlotTable:

@@ -19,7 +19,7 @@ from parsl.config import Config
 from parsl.providers import PBSProProvider
 
 from parsl_dragon import DragonExecutor
-from parsl_dragon.launchers import DragonLauncher
+from parsl_dragon.driver.launchers import DragonLauncher
 
 ACCOUNT = os.environ.get("PARSL_DRAGON_ACCOUNT", "MyProject")  # placeholder: set PARSL_DRAGON_ACCOUNT
 VENV = os.environ.get("PARSL_DRAGON_VENV", os.path.expanduser("~/venvs/parsl-dragon"))

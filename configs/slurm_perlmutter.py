@@ -18,7 +18,7 @@ from parsl.config import Config
 from parsl.providers import SlurmProvider
 
 from parsl_dragon import DragonExecutor
-from parsl_dragon.launchers import DragonLauncher
+from parsl_dragon.driver.launchers import DragonLauncher
 
 ACCOUNT = os.environ.get("PARSL_DRAGON_ACCOUNT", "m0000")  # placeholder: set PARSL_DRAGON_ACCOUNT
 VENV = os.environ.get("PARSL_DRAGON_VENV", os.path.expanduser("~/venvs/parsl-dragon"))

@@ -4,13 +4,24 @@
 >>> from parsl_dragon import DragonExecutor
 >>> parsl.load(parsl.Config(executors=[DragonExecutor()]))  # doctest: +SKIP
 """
-from parsl_dragon.errors import (AuthenticationFailed, ConfigurationError, DragonExecutorError,
-                                 HandshakeTimeout, InsecureKeyPath, ProtocolError, RankFailure, RankLaunchError,
-                                 ServerConnectionError,
-                                 ServerLost, ServerStartupError, VersionMismatch, WorkerLost)
-from parsl_dragon.executor import DragonExecutor
-from parsl_dragon.launchers import DragonLauncher
-from parsl_dragon.monitoring import DragonRadio
+from parsl_dragon.driver.executor import DragonExecutor
+from parsl_dragon.driver.launchers import DragonLauncher
+from parsl_dragon.errors import (
+    AuthenticationFailed,
+    ConfigurationError,
+    DragonExecutorError,
+    HandshakeTimeout,
+    InsecureKeyPath,
+    ProtocolError,
+    RankFailure,
+    RankLaunchError,
+    ServerConnectionError,
+    ServerLost,
+    ServerStartupError,
+    VersionMismatch,
+    WorkerLost,
+)
+from parsl_dragon.task.monitoring import DragonRadio
 
 __version__ = "0.1.0"
 

@@ -57,10 +57,10 @@ import time
 import uuid
 from typing import Dict, Iterable, List, Optional, Set, TextIO, Tuple
 
-logger = logging.getLogger("parsl_dragon.server.boot")
+from parsl_dragon.vocabulary import AUTO_TRANSPORT, DEFAULT_TRANSPORT, ENV_BLOCK_TOKEN, ENV_NODES_PER_BLOCK, TRANSPORTS
 
-TOKEN_VAR = "PARSL_DRAGON_BLOCK_TOKEN"
-NODES_VAR = "PARSL_DRAGON_NODES_PER_BLOCK"  # exported by launchers.DragonLauncher
+logger = logging.getLogger(__name__)
+
 STOP_GRACE_SECONDS = 10.0
 STARTUP_STOP_GRACE_SECONDS = 2.0  # a launcher stopped before the server is up never ends by itself
 START_ATTEMPTS = 2         # see 7. above
@@ -80,7 +80,7 @@ def hsta_available() -> bool:
 
 def choose_transport(requested: str) -> str:
     """Resolve ``auto`` to ``hsta`` or ``tcp``; explicit choices pass through."""
-    if requested != "auto":
+    if requested != AUTO_TRANSPORT:
         return requested
     if hsta_available():
         logger.info("transport auto: HSTA is available, using hsta")
@@ -187,7 +187,7 @@ def block_environment(token: str, shim_dir: Optional[str] = None) -> Dict[str, s
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
     if shim_dir is not None:
         env["PATH"] = shim_dir + os.pathsep + env["PATH"]
-    env[TOKEN_VAR] = token
+    env[ENV_BLOCK_TOKEN] = token
     return env
 
 
@@ -195,7 +195,7 @@ def carries_token(pid: int, token: str) -> bool:
     """Whether process ``pid`` has ``token`` in its environment (False if gone or not ours)."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as handle:
-            return f"{TOKEN_VAR}={token}".encode() in handle.read().split(b"\0")
+            return f"{ENV_BLOCK_TOKEN}={token}".encode() in handle.read().split(b"\0")
     except OSError:
         return False
 
@@ -566,7 +566,7 @@ def take_block_lock(block_dir: str) -> Optional[TextIO]:
 
 def check_block_size(env: Dict[str, str]) -> None:
     """Warn when the block asked for more nodes than the allocation we see has."""
-    wanted, have = env.get(NODES_VAR), allocation_nodes(env)
+    wanted, have = env.get(ENV_NODES_PER_BLOCK), allocation_nodes(env)
     if wanted and wanted.isdigit() and have and int(wanted) != have:
         logger.warning("The block asked for %s nodes but the allocation has %d: the runtime uses %d",
                        wanted, have, have)
@@ -576,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parsl_dragon.server.boot", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--block-dir", required=True, help="directory for this block's logs")
-    parser.add_argument("--transport", default="auto", choices=["auto", "hsta", "tcp"])
+    parser.add_argument("--transport", default=DEFAULT_TRANSPORT, choices=TRANSPORTS)
     parser.add_argument("--driver-pid", type=int, default=None,
                         help="stop the runtime when this process (the driver, on this host) is gone")
     parser.add_argument("server_args", nargs=argparse.REMAINDER, help="-- then arguments for the server")
@@ -603,7 +603,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     lock = take_block_lock(args.block_dir)
     if lock is None:
         message = (f"another boot of this block already runs (lock {args.block_dir}/boot.lock): the launcher "
-                   "started more than one copy; this one exits (use parsl_dragon.launchers.DragonLauncher)")
+                   "started more than one copy; this one exits (use parsl_dragon.driver.launchers.DragonLauncher)")
         logger.error("%s", message)
         print(f"parsl-dragon boot: {message}", file=sys.stderr)
         return DUPLICATE_EXIT

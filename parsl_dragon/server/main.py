@@ -16,13 +16,20 @@ import socket
 import sys
 from typing import List, Optional
 
-from parsl_dragon import security
+from parsl_dragon.errors import ConfigurationError
 from parsl_dragon.server import address
-from parsl_dragon.server.ranks import START_TIMEOUT_SECONDS
 from parsl_dragon.server.service import Server, ServerOptions
-from parsl_dragon.settings import DEFAULT_OWNER_TIMEOUT_MS
+from parsl_dragon.vocabulary import (
+    DEFAULT_OWNER_TIMEOUT_MS,
+    DEFAULT_PMI,
+    DEFAULT_RANK_STARTUP_TIMEOUT_MS,
+    PMI_BACKENDS,
+    RANK_STARTUP_MS_PER_RANK,
+    parse_timeout_ms,
+)
+from parsl_dragon.wire import security
 
-logger = logging.getLogger("parsl_dragon.server")
+logger = logging.getLogger(__name__)
 _STACK_DUMPS = None  # the open log file faulthandler writes to (kept open for the server's life)
 
 
@@ -36,13 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers-per-node", type=int, default=None)
     parser.add_argument("--cores-per-node", type=int, default=None,
                         help="cores the slot table counts per node (default: what Dragon reports)")
-    parser.add_argument("--default-pmi", default="mpiexec", choices=["cray", "pmix", "mpiexec", "none"])
+    parser.add_argument("--default-pmi", default=DEFAULT_PMI, choices=PMI_BACKENDS)
     parser.add_argument("--heartbeat-period", type=float, default=5.0)
     parser.add_argument("--heartbeat-threshold", type=int, default=3)
-    parser.add_argument("--owner-timeout", type=float, default=DEFAULT_OWNER_TIMEOUT_MS / 1000.0,
-                        help="seconds to wait, once the connection file is written, for the owner; <0: forever")
-    parser.add_argument("--rank-startup-timeout", type=float, default=START_TIMEOUT_SECONDS,
-                        help="seconds an MPI task's ranks may take to start, plus 10 ms per rank; <0: forever")
+    parser.add_argument("--owner-timeout-ms", type=_timeout_ms, default=DEFAULT_OWNER_TIMEOUT_MS,
+                        help="ms to wait, once the connection file is written, for the owner; -1: no limit")
+    parser.add_argument("--rank-startup-timeout-ms", type=_timeout_ms, default=DEFAULT_RANK_STARTUP_TIMEOUT_MS,
+                        help=f"ms an MPI task's ranks may take to start, plus {RANK_STARTUP_MS_PER_RANK} ms per rank; "
+                             "-1: no limit")
     parser.add_argument("--job-id", default=None,
                         help="batch job id for the connection file (default: $SLURM_JOB_ID or $PBS_JOBID)")
     parser.add_argument("--block-id", default=None)
@@ -77,9 +85,12 @@ def batch_job_id(env) -> Optional[str]:
     return env.get("SLURM_JOB_ID") or env.get("PBS_JOBID") or None
 
 
-def _limit(seconds: float) -> Optional[float]:
-    """A timeout flag's value: seconds, or ``None`` (no limit) when negative."""
-    return None if seconds < 0 else seconds
+def _timeout_ms(text: str) -> int:
+    """argparse type of a ``--*-timeout-ms`` flag: the project's one timeout parser."""
+    try:
+        return parse_timeout_ms(text, "the flag's value")
+    except ConfigurationError as exc:  # argparse then names the flag
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def options_from(args: argparse.Namespace) -> ServerOptions:
@@ -90,9 +101,9 @@ def options_from(args: argparse.Namespace) -> ServerOptions:
         server_keys=server_keys, client_keys=trusted, host_address=resolve_host_address(args.host_address),
         cores_per_node=args.cores_per_node, default_pmi=args.default_pmi,
         heartbeat_period=args.heartbeat_period, heartbeat_threshold=args.heartbeat_threshold,
-        owner_timeout=_limit(args.owner_timeout), launch_id=args.launch_id,
+        owner_timeout_ms=args.owner_timeout_ms, launch_id=args.launch_id,
         job_id=args.job_id or batch_job_id(os.environ), block_id=args.block_id, launcher_pid=args.launcher_pid,
-        rank_startup_timeout=_limit(args.rank_startup_timeout))
+        rank_startup_timeout_ms=args.rank_startup_timeout_ms)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

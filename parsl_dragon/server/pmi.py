@@ -13,7 +13,8 @@ import os
 import shutil
 from typing import Mapping, Optional
 
-BACKENDS = ("cray", "pmix", "mpiexec", "none")
+from parsl_dragon.vocabulary import PMI_BACKENDS
+
 _CRAY_PMI_GLOBS = ("/opt/cray/pe/pmi/*/lib/libpmi*.so*", "/opt/cray/pe/lib64/libpmi*.so*")
 
 
@@ -27,8 +28,8 @@ def _cray_pmi_present(env: Mapping[str, str]) -> bool:
 def problem(backend: str, env: Optional[Mapping[str, str]] = None) -> Optional[str]:
     """Why ``backend`` cannot launch ranks here, with what to use instead; None if it can."""
     env = os.environ if env is None else env
-    if backend not in BACKENDS:
-        return f"unknown PMI backend {backend!r}; choose one of {', '.join(BACKENDS)}"
+    if backend not in PMI_BACKENDS:
+        return f"unknown PMI backend {backend!r}; choose one of {', '.join(PMI_BACKENDS)}"
     if backend == "cray" and not _cray_pmi_present(env):
         return ("pmi='cray' needs Cray PMI (cray-pmi / PALS, as on HPE Cray EX systems) and none was found "
                 "on this node: MPI ranks would start as unconnected singletons. Use pmi='mpiexec' to start "

@@ -1,15 +1,15 @@
 """Rank launches of MPI tasks: one thread per launch, results handed back to the service loop.
 
-``$PARSL_MPI_PREFIX`` (``parsl_dragon.mpirun``) sends ``LaunchRanks`` over the worker
+``$PARSL_MPI_PREFIX`` (``parsl_dragon.task.mpirun``) sends ``LaunchRanks`` over the worker
 link; the service turns it into a :class:`~parsl_dragon.server.backend.RankJob` from the
 task's placement and calls :meth:`RankLaunches.start`. Each launch runs the backend's
 ``run_ranks`` in its own thread (a Dragon ProcessGroup object stays in the thread that
 made it). The service loop calls :meth:`RankLaunches.finished` every pass and replies
-``RanksDone``. A launch that has not started its ranks within ``start_timeout`` seconds plus
-``per_rank`` seconds for each of its ranks (e.g. a PMI wire-up that hangs) is answered with
-an error and abandoned, so no task can wedge the server. ``start_timeout`` comes from the
-executor's ``rank_startup_timeout_ms`` (``PARSL_DRAGON_RANK_STARTUP_TIMEOUT``); ``None``
-waits forever.
+``RanksDone``. A launch that has not started its ranks within ``start_timeout_ms`` plus
+``per_rank_ms`` for each of its ranks (e.g. a PMI wire-up that hangs) is answered with
+an error and abandoned, so no task can wedge the server. ``start_timeout_ms`` comes from the
+executor's ``rank_startup_timeout_ms`` (``PARSL_DRAGON_RANK_STARTUP_TIMEOUT``); ``-1`` waits
+forever.
 """
 from __future__ import annotations
 
@@ -20,14 +20,11 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from parsl_dragon import protocol as p
 from parsl_dragon.server.backend import RankJob, RankOutcome  # dataclasses; dragon is imported lazily
-from parsl_dragon.settings import DEFAULT_RANK_STARTUP_TIMEOUT_MS, RANK_STARTUP_MS_PER_RANK
+from parsl_dragon.vocabulary import DEFAULT_PMI, DEFAULT_RANK_STARTUP_TIMEOUT_MS, NO_LIMIT, RANK_STARTUP_MS_PER_RANK
+from parsl_dragon.wire import protocol as p
 
 logger = logging.getLogger(__name__)
-
-START_TIMEOUT_SECONDS = DEFAULT_RANK_STARTUP_TIMEOUT_MS / 1000.0
-PER_RANK_SECONDS = RANK_STARTUP_MS_PER_RANK / 1000.0
 
 
 @dataclass
@@ -45,11 +42,11 @@ class _Launch:
 class RankLaunches:
     """In-flight launches and their replies."""
 
-    def __init__(self, backend, start_timeout: Optional[float] = START_TIMEOUT_SECONDS,
-                 per_rank: float = PER_RANK_SECONDS) -> None:
+    def __init__(self, backend, start_timeout_ms: int = DEFAULT_RANK_STARTUP_TIMEOUT_MS,
+                 per_rank_ms: int = RANK_STARTUP_MS_PER_RANK) -> None:
         self.backend = backend
-        self.start_timeout = start_timeout
-        self.per_rank = per_rank
+        self.start_timeout_ms = start_timeout_ms
+        self.per_rank_ms = per_rank_ms
         self._launches: Dict[int, _Launch] = {}
         self._done: "queue.Queue[Tuple[int, object]]" = queue.Queue()
         self._next = 0
@@ -66,7 +63,9 @@ class RankLaunches:
 
     def start_limit(self, ranks: int) -> Optional[float]:
         """Seconds a launch of ``ranks`` ranks may take to start: base + per-rank allowance."""
-        return None if self.start_timeout is None else self.start_timeout + self.per_rank * ranks
+        if self.start_timeout_ms == NO_LIMIT:
+            return None
+        return (self.start_timeout_ms + self.per_rank_ms * ranks) / 1000.0
 
     def _run(self, launch: _Launch, job) -> None:
         def on_started() -> None:
@@ -115,7 +114,7 @@ class RankLaunches:
 
 
 def job_from(message: p.LaunchRanks, spec: Dict, placement: Dict, output_dir: str,
-             default_pmi: str = "none"):
+             default_pmi: str = DEFAULT_PMI):
     """The RankJob for a LaunchRanks request of a task with this spec and placement."""
     walltime: Optional[float] = spec.get("walltime")
     return RankJob(

@@ -36,19 +36,33 @@ from typing import Deque, Dict, List, Optional, Tuple
 
 import parsl
 import zmq
-
-from parsl_dragon import protocol as p
-from parsl_dragon.connection import (CONNECTION_FILE, ConnectionInfo, read_connection, remove_connection,
-                                     write_connection)
-from parsl_dragon.errors import ProtocolError
 from parsl.executors.errors import InvalidResourceSpecification
 
-from parsl_dragon.placement import NodeSlots
-from parsl_dragon.scheduler import Assignment, TaskScheduler
-from parsl_dragon.security import KeyPair, ephemeral_pair, make_curve_server
+from parsl_dragon.core.placement import NodeSlots
+from parsl_dragon.core.scheduler import Assignment, TaskScheduler
+from parsl_dragon.errors import ProtocolError
 from parsl_dragon.server.auth import CLIENT_DOMAIN, WORKER_DOMAIN, start_authenticator
-from parsl_dragon.server.ranks import START_TIMEOUT_SECONDS, RankLaunches, job_from
-from parsl_dragon.settings import DEFAULT_OWNER_TIMEOUT_MS
+from parsl_dragon.server.ranks import RankLaunches, job_from
+from parsl_dragon.vocabulary import (
+    DEFAULT_OWNER_TIMEOUT_MS,
+    DEFAULT_PMI,
+    DEFAULT_RANK_STARTUP_TIMEOUT_MS,
+    ENV_BLOCK_TOKEN,
+    ENV_SERVER_ID,
+    ENV_WORKER_ADDRESS,
+    ENV_WORKER_SECRET,
+    ENV_WORKER_SERVER_KEY,
+    timeout_seconds,
+)
+from parsl_dragon.wire import protocol as p
+from parsl_dragon.wire.connection import (
+    CONNECTION_FILE,
+    ConnectionInfo,
+    read_connection,
+    remove_connection,
+    write_connection,
+)
+from parsl_dragon.wire.security import KeyPair, ephemeral_pair, make_curve_server
 
 logger = logging.getLogger(__name__)
 
@@ -65,15 +79,15 @@ class ServerOptions:
     client_keys: List[bytes]
     host_address: str = "127.0.0.1"
     cores_per_node: Optional[int] = None
-    default_pmi: str = "mpiexec"
+    default_pmi: str = DEFAULT_PMI
     heartbeat_period: float = 5.0
     heartbeat_threshold: int = 3
-    owner_timeout: Optional[float] = DEFAULT_OWNER_TIMEOUT_MS / 1000.0  # None: wait forever
+    owner_timeout_ms: int = DEFAULT_OWNER_TIMEOUT_MS  # NO_LIMIT: wait forever
     job_id: Optional[str] = None
     block_id: Optional[str] = None
     launch_id: Optional[str] = None
     launcher_pid: Optional[int] = None
-    rank_startup_timeout: Optional[float] = START_TIMEOUT_SECONDS  # + a per-rank allowance; None: no limit
+    rank_startup_timeout_ms: int = DEFAULT_RANK_STARTUP_TIMEOUT_MS  # + a per-rank allowance; NO_LIMIT: none
     cwd: str = field(default_factory=os.getcwd)
 
 
@@ -116,7 +130,7 @@ class Server:
         self.tasks: Dict[int, _Task] = {}
         self.worker_puids: Dict[str, int] = {}
         self.worker_backlogs: Dict[bytes, _WorkerBacklog] = {}  # by link identity
-        self.rank_launches = RankLaunches(backend, start_timeout=options.rank_startup_timeout)
+        self.rank_launches = RankLaunches(backend, start_timeout_ms=options.rank_startup_timeout_ms)
         self._next_task = 0
         self._launch_seq = 0
         self._stopping = ""
@@ -169,10 +183,10 @@ class Server:
 
     def _worker_env(self, address: str) -> Dict[str, str]:
         return {
-            "PARSL_DRAGON_WORKER_ADDRESS": address,
-            "PARSL_DRAGON_WORKER_SECRET": self.worker_keys.secret.decode(),
-            "PARSL_DRAGON_WORKER_SERVER_KEY": zmq.curve_public(self.worker_keys.secret).decode(),
-            "PARSL_DRAGON_SERVER_ID": self.server_id,
+            ENV_WORKER_ADDRESS: address,
+            ENV_WORKER_SECRET: self.worker_keys.secret.decode(),
+            ENV_WORKER_SERVER_KEY: zmq.curve_public(self.worker_keys.secret).decode(),
+            ENV_SERVER_ID: self.server_id,
             "PARSL_WORKER_BLOCK_ID": self.options.block_id or "",  # Parsl's convention (monitoring)
             "PARSL_WORKER_POOL_ID": self.server_id,
         }
@@ -184,7 +198,7 @@ class Server:
             server_public_key=opts.server_keys.public.decode(), host=socket.gethostname(),
             pid=os.getpid(), launcher_pid=opts.launcher_pid, job_id=opts.job_id,
             block_id=opts.block_id, server_id=self.server_id, created=time.time(),
-            log_path=opts.log_path, block_token=os.environ.get("PARSL_DRAGON_BLOCK_TOKEN"),
+            log_path=opts.log_path, block_token=os.environ.get(ENV_BLOCK_TOKEN),
             launch_id=opts.launch_id)
         self._connection_path = self._publish(info)
         self._published = time.monotonic()
@@ -295,7 +309,7 @@ class Server:
             self._drop_client(client.identity)
             if client.owner:
                 self.request_stop(f"lost the lease of owner {client.client_id}")
-        wait = self.options.owner_timeout
+        wait = timeout_seconds(self.options.owner_timeout_ms)
         if not self._owner_seen and wait is not None and self._published is not None \
                 and now - self._published > wait:
             self.request_stop(f"no owner connected within {wait:.0f}s of the connection file being written "

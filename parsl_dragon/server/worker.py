@@ -30,10 +30,10 @@ from typing import Deque, Iterable, List, Optional, Set, Tuple
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from parsl_dragon import protocol as p
 from parsl_dragon.errors import RankFailure
-from parsl_dragon.mpi_env import mpi_task, read_report
-from parsl_dragon.security import make_curve_client
+from parsl_dragon.task.mpi_env import mpi_task, read_report
+from parsl_dragon.wire import protocol as p
+from parsl_dragon.wire.security import make_worker_link
 
 logger = logging.getLogger("parsl_dragon.server.worker")
 
@@ -104,13 +104,12 @@ class Worker:
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.IDENTITY, self.worker_id.encode())
         self.socket.setsockopt(zmq.LINGER, 2000)
-        make_curve_client(self.socket, os.environ["PARSL_DRAGON_WORKER_SECRET"].encode(),
-                          os.environ["PARSL_DRAGON_WORKER_SERVER_KEY"].encode())
+        address = make_worker_link(self.socket, os.environ)
         self.monitor = self.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
         self.poller = zmq.Poller()
         self.poller.register(self.socket, zmq.POLLIN)
         self.poller.register(self.monitor, zmq.POLLIN)
-        self.socket.connect(os.environ["PARSL_DRAGON_WORKER_ADDRESS"])
+        self.socket.connect(address)
         self.link_down = False
         self.answered_since_resync: Optional[Set[int]] = None  # None: no re-sync under way
         self.queue: Deque[Tuple[p.TaskEntry, bytes]] = deque()

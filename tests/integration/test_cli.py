@@ -12,8 +12,8 @@ from parsl import python_app
 
 from parsl_dragon import ServerLost
 from parsl_dragon.cli import carries_token, is_running, parent_pid
-from parsl_dragon.connection import connection_path, read_connection
 from parsl_dragon.server import boot
+from parsl_dragon.wire.connection import connection_path, read_connection
 
 
 @python_app

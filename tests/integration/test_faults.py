@@ -7,7 +7,7 @@ import pytest
 from parsl import python_app
 
 from parsl_dragon import ServerLost, WorkerLost
-from parsl_dragon.connection import connection_path, read_connection
+from parsl_dragon.wire.connection import connection_path, read_connection
 
 
 @python_app

@@ -60,9 +60,9 @@ from parsl import python_app
 from parsl.serialize import deserialize
 from zmq.utils.monitor import recv_monitor_message
 
-from parsl_dragon import protocol as p
-from parsl_dragon import security
-from parsl_dragon.connection import connection_path, read_connection
+from parsl_dragon.wire import protocol as p
+from parsl_dragon.wire import security
+from parsl_dragon.wire.connection import connection_path, read_connection
 
 SEED = int(os.environ.get("PARSL_DRAGON_FUZZ_SEED", "20261124"))
 FUZZ_FRAMES = int(os.environ.get("PARSL_DRAGON_FUZZ_FRAMES", "10000"))

@@ -17,8 +17,9 @@ import pytest
 from parsl.executors.errors import BadStateException
 
 from parsl_dragon import ServerLost
-from parsl_dragon.connection import read_connection
 from parsl_dragon.server import boot
+from parsl_dragon.vocabulary import ENV_BLOCK_TOKEN
+from parsl_dragon.wire.connection import read_connection
 from tests import leaks
 from tests.integration.test_faults import _wait_for_file, write_pid_then_sleep
 
@@ -70,7 +71,7 @@ class BlockRuntime:
     def _token(self) -> str:
         with open(f"/proc/{self.launcher_pid}/environ", "rb") as handle:
             for entry in handle.read().split(b"\0"):
-                if entry.startswith(f"{boot.TOKEN_VAR}=".encode()):
+                if entry.startswith(f"{ENV_BLOCK_TOKEN}=".encode()):
                     return entry.split(b"=", 1)[1].decode()
         raise AssertionError(f"launcher {self.launcher_pid} carries no block token")
 

@@ -8,8 +8,8 @@ import pytest
 from parsl import python_app
 from parsl.executors.errors import BadStateException
 from parsl.jobs.states import JobState
-from parsl.providers import LocalProvider
 from parsl.launchers import SimpleLauncher, SrunLauncher
+from parsl.providers import LocalProvider
 
 from parsl_dragon import ConfigurationError, DragonExecutor, ServerStartupError
 
@@ -81,6 +81,6 @@ def test_explicit_argument_beats_environment(monkeypatch):
     monkeypatch.setenv("PARSL_DRAGON_TIMEOUT", "1234")
     monkeypatch.setenv("PARSL_DRAGON_STARTUP_TIMEOUT", "-1")
     executor = DragonExecutor(timeout_ms=999)
-    from parsl_dragon.settings import resolve_settings
+    from parsl_dragon.driver.settings import resolve_settings
     settings = resolve_settings(timeout_ms=executor.timeout_ms, startup_timeout_ms=executor.startup_timeout_ms)
     assert settings.timeout_ms == 999 and settings.startup_timeout_s is None

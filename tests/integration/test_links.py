@@ -11,8 +11,8 @@ import pytest
 from parsl import python_app
 
 from parsl_dragon import DragonExecutor
-from parsl_dragon.connection import connection_path, read_connection, write_connection
 from parsl_dragon.errors import AuthenticationFailed, PayloadTooLarge, ServerLost, TaskLost
+from parsl_dragon.wire.connection import connection_path, read_connection, write_connection
 
 from .tcpproxy import TcpProxy
 

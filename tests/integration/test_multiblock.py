@@ -13,8 +13,8 @@ from parsl.jobs.states import TERMINAL_STATES, JobState
 from parsl.providers import LocalProvider
 
 from parsl_dragon import ServerLost
-from parsl_dragon.connection import read_connection
-from parsl_dragon.launchers import default_launcher
+from parsl_dragon.driver.launchers import default_launcher
+from parsl_dragon.wire.connection import read_connection
 from tests.integration.test_slurm import wait_until
 
 BLOCK_START = 240.0  # two runtimes starting at once on 2 cores

@@ -39,7 +39,7 @@ def drive(run_dir: str, report: str) -> None:
     from parsl.providers import SlurmProvider
 
     from parsl_dragon import DragonExecutor
-    from parsl_dragon.launchers import DragonLauncher
+    from parsl_dragon.driver.launchers import DragonLauncher
 
     @python_app
     def host(seconds):

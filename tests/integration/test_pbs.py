@@ -20,7 +20,7 @@ from parsl.jobs.states import JobState
 from parsl.providers import PBSProProvider
 
 from parsl_dragon import ServerLost
-from parsl_dragon.launchers import DragonLauncher
+from parsl_dragon.driver.launchers import DragonLauncher
 from tests.fakepbs import BIN_DIR
 from tests.integration.test_slurm import REPO, VENV_BIN, mapped_shm, wait_until
 

@@ -25,8 +25,8 @@ from parsl import bash_app, python_app
 from parsl.providers import SlurmProvider
 
 from parsl_dragon import ServerLost
-from parsl_dragon.connection import connection_path, read_connection
-from parsl_dragon.launchers import DragonLauncher
+from parsl_dragon.driver.launchers import DragonLauncher
+from parsl_dragon.wire.connection import connection_path, read_connection
 
 pytestmark = pytest.mark.slurm
 

@@ -3,7 +3,7 @@
 ``timeout_ms`` / ``PARSL_DRAGON_TIMEOUT`` bounds the handshake with a server;
 ``startup_timeout_ms`` / ``PARSL_DRAGON_STARTUP_TIMEOUT`` bounds a block's start-up;
 ``owner_timeout_ms`` / ``PARSL_DRAGON_OWNER_TIMEOUT`` the server's wait for its owner once it
-has published (``--owner-timeout``). The start-up timeout firing is tested in
+has published (``--owner-timeout-ms``). The start-up timeout firing is tested in
 ``test_lifecycle.py::test_startup_timeout_fails_tasks_with_log_location``.
 """
 import glob
@@ -19,10 +19,10 @@ import zmq
 from parsl import python_app
 
 from parsl_dragon import DragonExecutor, HandshakeTimeout
-from parsl_dragon import protocol as p
-from parsl_dragon import security
-from parsl_dragon.client import DragonClient
-from parsl_dragon.connection import ConnectionInfo, connection_path, write_connection
+from parsl_dragon.driver.client import DragonClient
+from parsl_dragon.wire import protocol as p
+from parsl_dragon.wire import security
+from parsl_dragon.wire.connection import ConnectionInfo, connection_path, write_connection
 
 SLACK = 3.0  # seconds of scheduling noise allowed past a timeout on a busy 2-core machine
 
@@ -43,7 +43,7 @@ def test_infinite_timeouts_as_arguments(load_dfk, tmp_path):
     executor = dfk.executors["dragon"]
     assert executor.settings.timeout_s is None and executor.settings.startup_timeout_s is None
     assert executor._client.timeout_s is None
-    assert "'--owner-timeout', '-1'" in _server_argv(tmp_path), "the server waits for its owner forever too"
+    assert "'--owner-timeout-ms', '-1'" in _server_argv(tmp_path), "the server waits for its owner forever too"
 
 
 def test_timeouts_from_the_environment(load_dfk, monkeypatch, tmp_path):
@@ -54,7 +54,7 @@ def test_timeouts_from_the_environment(load_dfk, monkeypatch, tmp_path):
     assert square(5).result(timeout=180) == 25
     settings = dfk.executors["dragon"].settings
     assert (settings.timeout_ms, settings.startup_timeout_ms, settings.owner_timeout_ms) == (-1, -1, -1)
-    assert "'--owner-timeout', '-1'" in _server_argv(tmp_path)
+    assert "'--owner-timeout-ms', '-1'" in _server_argv(tmp_path)
 
 
 # ---------------------------------------------------------------- the handshake timeout
@@ -116,7 +116,7 @@ def test_executor_start_gives_up_on_a_silent_server(keys, tmp_path, monkeypatch,
     executor = DragonExecutor(server_path=str(server_dir), timeout_ms=argument)
     executor.run_dir = str(tmp_path / "runinfo")
     records = _Records()
-    logger = logging.getLogger("parsl_dragon.executor")
+    logger = logging.getLogger("parsl_dragon.driver.executor")
     logger.addHandler(records)
     try:
         started = time.monotonic()
@@ -191,14 +191,14 @@ def test_a_block_whose_driver_never_connects_stops_after_the_owner_timeout(no_le
     import shlex
     import subprocess
 
-    from parsl_dragon.blocks import BlockLaunch, boot_command
-    from parsl_dragon.connection import read_connection
+    from parsl_dragon.driver.blocks import BlockLaunch, boot_command
+    from parsl_dragon.wire.connection import read_connection
 
     security.load_pair(os.environ["PARSL_DRAGON_KEY_PATH"], security.SERVER)
     block_dir = tmp_path / "block-0"
     launch = BlockLaunch("0", str(block_dir), connection_path(str(block_dir)), launched=time.time())
     command = boot_command(launch, os.environ["PARSL_DRAGON_KEY_PATH"], "tcp",
-                           {"owner_timeout": 5.0, "workers_per_node": 1, "heartbeat_period": 1.0})
+                           {"owner_timeout_ms": 5000, "workers_per_node": 1, "heartbeat_period": 1.0})
     started = time.monotonic()
     boot = subprocess.Popen(shlex.split(command), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

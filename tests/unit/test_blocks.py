@@ -1,7 +1,7 @@
 """The block command and start-up error text (blocks.py), checked as text."""
 import shlex
 
-from parsl_dragon.blocks import BlockLaunch, boot_command, startup_error
+from parsl_dragon.driver.blocks import BlockLaunch, boot_command, startup_error
 
 
 def launch(tmp_path):
@@ -11,8 +11,9 @@ def launch(tmp_path):
 def test_boot_command_names_every_setting_and_quotes_paths(tmp_path):
     lb = launch(tmp_path)
     text = boot_command(lb, "/keys", "tcp",
-                        {"host_address": "auto", "workers_per_node": None, "cores_per_node": 8, "owner_timeout": 60.0,
-                         "debug": True, "heartbeat_period": 2.0, "rank_startup_timeout": -1},
+                        {"host_address": "auto", "workers_per_node": None, "cores_per_node": 8,
+                         "owner_timeout_ms": 60000, "debug": True, "heartbeat_period": 2.0,
+                         "rank_startup_timeout_ms": -1},
                         python="/venv/bin/python")
     argv = shlex.split(text)
     assert argv[:3] == ["/venv/bin/python", "-m", "parsl_dragon.server.boot"]
@@ -22,10 +23,10 @@ def test_boot_command_names_every_setting_and_quotes_paths(tmp_path):
     assert server[server.index("--connection-file") + 1].endswith("connection.json")
     assert server[server.index("--block-id") + 1] == "3"
     assert server[server.index("--launch-id") + 1] == lb.launch_id
-    assert server[server.index("--owner-timeout") + 1] == "60.0"
+    assert server[server.index("--owner-timeout-ms") + 1] == "60000"
     assert server[server.index("--cores-per-node") + 1] == "8"
     assert server[server.index("--heartbeat-period") + 1] == "2.0"
-    assert server[server.index("--rank-startup-timeout") + 1] == "-1"
+    assert server[server.index("--rank-startup-timeout-ms") + 1] == "-1"
     assert "--debug" in server and "--workers-per-node" not in server
 
 
@@ -54,7 +55,7 @@ def _published(path, launch_id):
     import socket
     import time
 
-    from parsl_dragon.connection import ConnectionInfo, write_connection
+    from parsl_dragon.wire.connection import ConnectionInfo, write_connection
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     write_connection(path, ConnectionInfo(
         protocol=1, address="tcp://127.0.0.1:1", server_public_key="k", host=socket.gethostname(), pid=1,
@@ -63,10 +64,11 @@ def _published(path, launch_id):
 
 
 def test_the_watcher_takes_only_its_own_launch_and_finds_it_in_the_block_dir(tmp_path):
-    from parsl_dragon.blocks import wait_for_server
-    from parsl_dragon.connection import connection_path
     import pytest as _pytest
+
+    from parsl_dragon.driver.blocks import wait_for_server
     from parsl_dragon.errors import ServerStartupError
+    from parsl_dragon.wire.connection import connection_path
 
     shared = connection_path(str(tmp_path / "shared"))
     lb = BlockLaunch("0", str(tmp_path / "block-0"), shared, launched=0.0)

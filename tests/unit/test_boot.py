@@ -15,6 +15,7 @@ import uuid
 import pytest
 
 from parsl_dragon.server import boot
+from parsl_dragon.vocabulary import ENV_BLOCK_TOKEN, ENV_NODES_PER_BLOCK
 
 
 def _write_executable(path, text="#!/bin/sh\nexit 0\n"):
@@ -168,10 +169,10 @@ def test_block_environment_carries_token_and_venv_bin(monkeypatch):
     monkeypatch.setenv("PATH", "/usr/bin")
     monkeypatch.setenv("SOMETHING_ELSE", "kept")
     env = boot.block_environment("tok123")
-    assert env[boot.TOKEN_VAR] == "tok123"
+    assert env[ENV_BLOCK_TOKEN] == "tok123"
     assert env["PATH"] == os.path.dirname(sys.executable) + os.pathsep + "/usr/bin"
     assert env["SOMETHING_ELSE"] == "kept"
-    assert boot.TOKEN_VAR not in os.environ  # the caller's environment is untouched
+    assert ENV_BLOCK_TOKEN not in os.environ  # the caller's environment is untouched
 
 
 def test_parser():
@@ -208,9 +209,9 @@ def spawn():
 
     def start(token=None, extra_env=None):
         env = dict(os.environ)
-        env.pop(boot.TOKEN_VAR, None)
+        env.pop(ENV_BLOCK_TOKEN, None)
         if token is not None:
-            env[boot.TOKEN_VAR] = token
+            env[ENV_BLOCK_TOKEN] = token
         env.update(extra_env or {})
         child = subprocess.Popen(["sleep", "30"], env=env)
         children.append(child)
@@ -229,7 +230,7 @@ def test_processes_with_token_finds_only_carriers(spawn):
     second_carrier = spawn(token)
     other_token = spawn(uuid.uuid4().hex)
     longer_token = spawn(token + "0")  # not an exact match
-    in_other_var = spawn(extra_env={"UNRELATED": f"{boot.TOKEN_VAR}={token}"})  # needle inside another value
+    in_other_var = spawn(extra_env={"UNRELATED": f"{ENV_BLOCK_TOKEN}={token}"})  # needle inside another value
     no_token = spawn()
     found = boot.processes_with_token(token)
     assert sorted(found) == sorted([carrier.pid, second_carrier.pid])
@@ -283,7 +284,7 @@ def run_boot(tmp_path):
         runtime = _write_executable(tmp_path / "runtime", script if script_is_program else "#!/bin/sh\n" + script)
         token = uuid.uuid4().hex
         env = dict(os.environ, ATTEMPTS=str(tmp_path / "attempts"), CONN=str(tmp_path / "connection.json"),
-                   STOPPED=str(tmp_path / "stopped"), **{boot.TOKEN_VAR: token}, **(env or {}))
+                   STOPPED=str(tmp_path / "stopped"), **{ENV_BLOCK_TOKEN: token}, **(env or {}))
         runner = boot.Boot([str(runtime)], env, str(tmp_path / "dragon.log"), token,
                            connection_file=str(tmp_path / "connection.json"), pause=0.1, **kwargs)
         return runner.run(), (tmp_path / "attempts").read_text().count("x") if (tmp_path / "attempts").exists() else 0

@@ -17,11 +17,12 @@ import pytest
 import zmq
 
 from parsl_dragon import cli
-from parsl_dragon import protocol as p
-from parsl_dragon import security
-from parsl_dragon.connection import ConnectionInfo, connection_path, write_connection
 from parsl_dragon.server import boot
 from parsl_dragon.server.auth import CLIENT_DOMAIN, start_authenticator
+from parsl_dragon.vocabulary import ENV_BLOCK_TOKEN
+from parsl_dragon.wire import protocol as p
+from parsl_dragon.wire import security
+from parsl_dragon.wire.connection import ConnectionInfo, connection_path, write_connection
 from tests.conftest import OTHER_UID
 
 HERE = socket.gethostname()
@@ -78,9 +79,9 @@ def spawn():
     children = []
 
     def start(argv=("sleep", "300"), token=None):
-        env = {k: v for k, v in os.environ.items() if k != boot.TOKEN_VAR}
+        env = {k: v for k, v in os.environ.items() if k != ENV_BLOCK_TOKEN}
         if token is not None:
-            env[boot.TOKEN_VAR] = token
+            env[ENV_BLOCK_TOKEN] = token
         child = subprocess.Popen(list(argv), env=env)
         children.append(child)
         return child
@@ -450,7 +451,7 @@ def test_teardown_signals_boot_process_proven_by_its_token_child(tmp_path, capsy
     block_dir = tmp_path / "block-0"
     # A stand-in boot process: no token itself, one child that carries it; its argv names the
     # boot module and the block dir, as the real one's does.
-    fake_boot = spawn(["sh", "-c", f"{boot.TOKEN_VAR}={token} sleep 300 & wait",
+    fake_boot = spawn(["sh", "-c", f"{ENV_BLOCK_TOKEN}={token} sleep 300 & wait",
                        "parsl_dragon.server.boot", str(block_dir)])
     assert wait_for(lambda: len(boot.processes_with_token(token)) == 1)
     [runtime] = boot.processes_with_token(token)

@@ -1,7 +1,7 @@
 """The client's handling of what a server says about the session (client.py), without sockets."""
-from parsl_dragon import protocol as p
-from parsl_dragon.client import DragonClient, ServerLink
-from parsl_dragon.security import ephemeral_pair
+from parsl_dragon.driver.client import DragonClient, ServerLink
+from parsl_dragon.wire import protocol as p
+from parsl_dragon.wire.security import ephemeral_pair
 
 
 def client():

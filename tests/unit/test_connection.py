@@ -1,4 +1,4 @@
-"""Unit tests for parsl_dragon.connection: the server's connection file."""
+"""Unit tests for parsl_dragon.wire.connection: the server's connection file."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,8 +12,8 @@ import threading
 
 import pytest
 
-from parsl_dragon import connection as c
 from parsl_dragon.errors import ConfigurationError, InsecurePath
+from parsl_dragon.wire import connection as c
 from tests.conftest import OTHER_UID
 
 

@@ -5,9 +5,9 @@ from concurrent.futures import Future
 import pytest
 from parsl.executors.errors import InvalidResourceSpecification
 
-from parsl_dragon import protocol as p
-from parsl_dragon.client import ServerLink
-from parsl_dragon.executor import DragonExecutor
+from parsl_dragon.driver.client import ServerLink
+from parsl_dragon.driver.executor import DragonExecutor
+from parsl_dragon.wire import protocol as p
 
 
 class RecordingClient:
@@ -47,17 +47,18 @@ def test_held_task_too_large_for_the_new_server_fails_and_the_rest_are_sent():
 def test_block_command_carries_the_rank_startup_timeout(tmp_path, monkeypatch):
     import shlex
 
-    from parsl_dragon.settings import ENV_RANK_STARTUP_TIMEOUT, resolve_settings
+    from parsl_dragon.driver.settings import resolve_settings
+    from parsl_dragon.vocabulary import ENV_RANK_STARTUP_TIMEOUT
 
     monkeypatch.setenv(ENV_RANK_STARTUP_TIMEOUT, "-1")
     executor = DragonExecutor(rank_startup_timeout_ms=450_000)
     executor.run_dir = str(tmp_path)
     executor.settings = resolve_settings(rank_startup_timeout_ms=executor.rank_startup_timeout_ms)
     argv = shlex.split(executor._get_launch_command("0"))
-    assert argv[argv.index("--rank-startup-timeout") + 1] == "450.0", "the argument beats the variable"
+    assert argv[argv.index("--rank-startup-timeout-ms") + 1] == "450000", "the argument beats the variable"
     executor.settings = resolve_settings()
     argv = shlex.split(executor._get_launch_command("1"))
-    assert argv[argv.index("--rank-startup-timeout") + 1] == "-1", "the variable's -1 means wait forever"
+    assert argv[argv.index("--rank-startup-timeout-ms") + 1] == "-1", "the variable's -1 means wait forever"
 
 
 def results(*task_ids):
@@ -162,8 +163,8 @@ def test_an_argument_over_the_message_limit_is_refused_at_submit(monkeypatch):
 
 
 def test_a_connection_file_naming_another_server_key_is_refused_before_connecting():
-    from parsl_dragon.connection import ConnectionInfo
     from parsl_dragon.errors import AuthenticationFailed
+    from parsl_dragon.wire.connection import ConnectionInfo
     executor = DragonExecutor()
     executor._server_key = "our-server-key"
     info = ConnectionInfo(protocol=p.PROTOCOL_VERSION, address="tcp://127.0.0.1:1", server_public_key="theirs",

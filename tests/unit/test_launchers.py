@@ -14,15 +14,25 @@ import os
 import subprocess
 
 import pytest
-from typeguard import TypeCheckError
-from parsl.launchers import (AprunLauncher, GnuParallelLauncher, JsrunLauncher, MpiExecLauncher,
-                             MpiRunLauncher, SimpleLauncher, SingleNodeLauncher, SrunLauncher,
-                             SrunMPILauncher, WrappedLauncher)
+from parsl.launchers import (
+    AprunLauncher,
+    GnuParallelLauncher,
+    JsrunLauncher,
+    MpiExecLauncher,
+    MpiRunLauncher,
+    SimpleLauncher,
+    SingleNodeLauncher,
+    SrunLauncher,
+    SrunMPILauncher,
+    WrappedLauncher,
+)
 from parsl.providers import PBSProProvider, SlurmProvider
+from typeguard import TypeCheckError
 
+from parsl_dragon.driver.launchers import DragonLauncher, check_launcher, default_launcher
 from parsl_dragon.errors import ConfigurationError
-from parsl_dragon.launchers import NODES_VAR, DragonLauncher, check_launcher, default_launcher
 from parsl_dragon.server import address, boot
+from parsl_dragon.vocabulary import ENV_NODES_PER_BLOCK
 
 BOOT = "/venv/bin/python -m parsl_dragon.server.boot --block-dir /run/block-0 --transport auto -- --block-id 0"
 
@@ -34,7 +44,7 @@ def test_runs_the_command_once_with_exec():
     lines = text.splitlines()
     assert lines[-1] == f"exec {BOOT}"
     assert text.count(BOOT) == 1
-    assert f"export {NODES_VAR}=4" in lines
+    assert f"export {ENV_NODES_PER_BLOCK}=4" in lines
     code = [line for line in lines if not line.startswith("#")]
     for per_node in ("srun", "mpiexec", "mpirun", "aprun", "jsrun", "parallel", "for ", "&", "wait"):
         assert not any(per_node in line for line in code[:-1]), per_node
@@ -63,14 +73,14 @@ def test_prepend_goes_between_exec_and_the_command():
 
 
 def test_tasks_per_node_other_than_one_is_ignored_with_a_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="parsl_dragon.launchers"):
+    with caplog.at_level(logging.WARNING, logger="parsl_dragon.driver.launchers"):
         text = DragonLauncher()(BOOT, 8, 2)
     assert text.count(BOOT) == 1
     assert "tasks_per_node=8 is ignored" in caplog.text
 
 
 def test_exec_replaces_the_job_shell_and_passes_the_exit_code():
-    command = "sh -c 'echo $$ $" + NODES_VAR + "; exit 7'"
+    command = "sh -c 'echo $$ $" + ENV_NODES_PER_BLOCK + "; exit 7'"
     script = "echo $$\n" + DragonLauncher(debug=False)(command, 1, 2)
     done = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
     assert done.returncode == 7
@@ -202,7 +212,7 @@ def test_site_config_renders_a_one_runtime_job_script(path, monkeypatch, tmp_pat
     assert "proj42" in text or "-A proj42" in submitted[-1], "the account comes from PARSL_DRAGON_ACCOUNT"
     assert "source /sw/venv/bin/activate" in text
     assert text.count(BOOT) == 1 and text.index("/sw/venv") < text.index(f"exec {BOOT}")
-    assert f"export {NODES_VAR}={provider.nodes_per_block}" in text
+    assert f"export {ENV_NODES_PER_BLOCK}={provider.nodes_per_block}" in text
     subprocess.run(["bash", "-n"], input=text, text=True, check=True)
 
 
@@ -226,12 +236,12 @@ def test_a_second_boot_of_the_same_block_exits(tmp_path, capsys, monkeypatch):
 
 def test_block_size_mismatch_is_logged(caplog):
     with caplog.at_level(logging.WARNING, logger="parsl_dragon.server.boot"):
-        boot.check_block_size({NODES_VAR: "2", "PBS_JOBID": "1", "SLURM_JOB_ID": "5", "SLURM_JOB_NUM_NODES": "1"})
+        boot.check_block_size({ENV_NODES_PER_BLOCK: "2", "PBS_JOBID": "1", "SLURM_JOB_ID": "5", "SLURM_JOB_NUM_NODES": "1"})
     assert "asked for 2 nodes but the allocation has 1" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="parsl_dragon.server.boot"):
-        boot.check_block_size({NODES_VAR: "2", "SLURM_JOB_ID": "5", "SLURM_JOB_NUM_NODES": "2"})
-        boot.check_block_size({NODES_VAR: "4"})  # outside an allocation: nothing to compare
+        boot.check_block_size({ENV_NODES_PER_BLOCK: "2", "SLURM_JOB_ID": "5", "SLURM_JOB_NUM_NODES": "2"})
+        boot.check_block_size({ENV_NODES_PER_BLOCK: "4"})  # outside an allocation: nothing to compare
     assert not caplog.records
 
 

@@ -1,11 +1,12 @@
-"""Unit tests for parsl_dragon.mpi_env: the MPI task's environment and its rank report file."""
+"""Unit tests for parsl_dragon.task.mpi_env: the MPI task's environment and its rank report file."""
 from __future__ import annotations
 
 import json
 import os
 import stat
 
-from parsl_dragon import mpi_env
+from parsl_dragon.task import mpi_env
+from parsl_dragon.vocabulary import ENV_RANK_REPORT, ENV_TASK
 
 SPEC = {"num_nodes": 2, "ranks_per_node": 2}
 PLACEMENT = {"hosts": ["n1", "n2"]}
@@ -14,14 +15,14 @@ PLACEMENT = {"hosts": ["n1", "n2"]}
 def test_report_lives_in_a_new_private_directory_removed_afterwards():
     with mpi_env.mpi_task(7, SPEC, PLACEMENT) as report:
         directory = os.path.dirname(report)
-        assert os.environ[mpi_env.REPORT_VAR] == report and os.environ[mpi_env.TASK_VAR] == "7"
+        assert os.environ[ENV_RANK_REPORT] == report and os.environ[ENV_TASK] == "7"
         assert os.path.basename(directory).startswith("parsl-dragon-ranks-7-")
         st = os.lstat(directory)
         assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.geteuid()
         assert os.listdir(directory) == []  # the report is made new by the launch that writes it
         mpi_env.write_report(report, [("rank 1", 3)])
     assert not os.path.exists(directory)
-    assert mpi_env.REPORT_VAR not in os.environ
+    assert ENV_RANK_REPORT not in os.environ
 
 
 def test_write_and_read_round_trip_and_read_removes_the_report(tmp_path):

@@ -1,10 +1,9 @@
-"""Unit tests for parsl_dragon.placement: events in (submit, release, ...), placements out."""
+"""Unit tests for parsl_dragon.core.placement: events in (submit, release, ...), placements out."""
 from __future__ import annotations
-
-import math
 
 import heapq
 import json
+import math
 import random
 import time
 from collections import Counter
@@ -12,7 +11,7 @@ from typing import Dict, Iterable, List
 
 import pytest
 
-from parsl_dragon.placement import Cancellation, NodeRemoval, NodeSlots, Placement, Request, SlotTable
+from parsl_dragon.core.placement import Cancellation, NodeRemoval, NodeSlots, Placement, Request, SlotTable
 
 
 def _ids(placements: Iterable[Placement]) -> List[int]:

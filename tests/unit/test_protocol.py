@@ -1,4 +1,4 @@
-"""Unit tests for parsl_dragon.protocol: wire format, decoding rules, version checks."""
+"""Unit tests for parsl_dragon.wire.protocol: wire format, decoding rules, version checks."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,8 +11,8 @@ from dataclasses import fields
 import pytest
 from parsl.executors.errors import ExecutorError
 
-from parsl_dragon import protocol as p
 from parsl_dragon.errors import ProtocolError
+from parsl_dragon.wire import protocol as p
 
 
 def _header(body, version=p.PROTOCOL_VERSION) -> bytes:
@@ -277,10 +277,10 @@ def test_unknown_extra_fields_are_ignored_with_a_warning(caplog):
     body = json.loads(p.encode(SAMPLES["Heartbeat"])[0][1:])
     body["future_field"] = {"nested": True}
     body["another"] = 1
-    with caplog.at_level(logging.WARNING, logger="parsl_dragon.protocol"):
+    with caplog.at_level(logging.WARNING, logger="parsl_dragon.wire.protocol"):
         decoded = p.decode([_header(body)])
     assert decoded == SAMPLES["Heartbeat"]
-    warnings = [r for r in caplog.records if r.name == "parsl_dragon.protocol" and r.levelno == logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "parsl_dragon.wire.protocol" and r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "another" in warnings[0].getMessage() and "future_field" in warnings[0].getMessage()
     assert "Heartbeat" in warnings[0].getMessage()
@@ -289,18 +289,18 @@ def test_unknown_extra_fields_are_ignored_with_a_warning(caplog):
 def test_unknown_extra_fields_in_nested_entries_are_ignored_with_a_warning(caplog):
     body = {"type": "TaskResults",
             "results": [{"task_id": 1, "status": "ok", "duration": 0.5}]}
-    with caplog.at_level(logging.WARNING, logger="parsl_dragon.protocol"):
+    with caplog.at_level(logging.WARNING, logger="parsl_dragon.wire.protocol"):
         decoded = p.decode([_header(body), b"result"])
     assert decoded.results == [p.TaskResult(task_id=1, status="ok")]
-    messages = [r.getMessage() for r in caplog.records if r.name == "parsl_dragon.protocol"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "parsl_dragon.wire.protocol"]
     assert any("duration" in m and "TaskResults.results[]" in m for m in messages)
 
 
 def test_known_fields_produce_no_warning(caplog):
-    with caplog.at_level(logging.DEBUG, logger="parsl_dragon.protocol"):
+    with caplog.at_level(logging.DEBUG, logger="parsl_dragon.wire.protocol"):
         for message in SAMPLES.values():
             p.decode(p.encode(message))
-    assert [r for r in caplog.records if r.name == "parsl_dragon.protocol"] == []
+    assert [r for r in caplog.records if r.name == "parsl_dragon.wire.protocol"] == []
 
 
 # ---------------------------------------------------------------- versions

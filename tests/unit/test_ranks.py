@@ -7,9 +7,9 @@ purpose, which no real PMI path may be made to do on this machine.
 import threading
 import time
 
-from parsl_dragon import protocol as p
 from parsl_dragon.server.backend import RankJob, RankOutcome
 from parsl_dragon.server.ranks import RankLaunches, job_from
+from parsl_dragon.wire import protocol as p
 
 
 class Backend:
@@ -61,7 +61,7 @@ def test_backend_exception_becomes_an_error_reply_not_a_crash():
 
 def test_launch_that_never_starts_is_answered_and_abandoned():
     backend = Backend(hang=True)
-    launches = RankLaunches(backend, start_timeout=0.3)
+    launches = RankLaunches(backend, start_timeout_ms=300)
     launches.start(b"helper", job(), client_task_id=1)
     [(_, reply)] = wait_for_replies(launches)
     assert "did not start within" in reply.error and "abandoned" in reply.error
@@ -71,16 +71,16 @@ def test_launch_that_never_starts_is_answered_and_abandoned():
 
 
 def test_start_limit_grows_with_the_rank_count():
-    launches = RankLaunches(Backend(), start_timeout=60.0, per_rank=0.01)
+    launches = RankLaunches(Backend(), start_timeout_ms=60_000, per_rank_ms=10)
     assert launches.start_limit(1) == 60.01
     assert launches.start_limit(10_000) == 160.0
-    assert RankLaunches(Backend(), start_timeout=None).start_limit(10_000) is None
+    assert RankLaunches(Backend(), start_timeout_ms=-1).start_limit(10_000) is None
 
 
 def test_a_larger_launch_gets_longer_before_it_is_abandoned():
     small, large = Backend(hang=True), Backend(hang=True)
-    small_launches = RankLaunches(small, start_timeout=0.2, per_rank=0.1)
-    large_launches = RankLaunches(large, start_timeout=0.2, per_rank=0.1)
+    small_launches = RankLaunches(small, start_timeout_ms=200, per_rank_ms=100)
+    large_launches = RankLaunches(large, start_timeout_ms=200, per_rank_ms=100)
     small_launches.start(b"h", job(), client_task_id=1)                                   # 0.3 s
     large_launches.start(b"h", job(hosts=["n1", "n2"], ranks_per_node=4), client_task_id=2)  # 1.0 s
     [(_, reply)] = wait_for_replies(small_launches, timeout=0.8)
@@ -94,7 +94,7 @@ def test_a_larger_launch_gets_longer_before_it_is_abandoned():
 
 def test_no_limit_never_abandons_a_slow_launch():
     backend = Backend(hang=True)
-    launches = RankLaunches(backend, start_timeout=None)
+    launches = RankLaunches(backend, start_timeout_ms=-1)
     launches.start(b"h", job(), client_task_id=1)
     time.sleep(0.5)
     assert launches.finished() == [] and launches.running() == 1

@@ -1,4 +1,4 @@
-"""Unit tests for parsl_dragon.resources: spec validation, derived values, fit checks."""
+"""Unit tests for parsl_dragon.core.spec: spec validation, derived values, fit checks."""
 from __future__ import annotations
 
 import copy
@@ -8,9 +8,10 @@ import logging
 import pytest
 from parsl.executors.errors import InvalidResourceSpecification
 
-from parsl_dragon import resources
-from parsl_dragon.placement import NodeSlots, Request
-from parsl_dragon.resources import check_fits, check_pmi, is_mpi, normalize_spec, request_for
+from parsl_dragon.core import spec as resources
+from parsl_dragon.core.placement import NodeSlots, Request
+from parsl_dragon.core.spec import check_fits, check_pmi, is_mpi, normalize_spec, request_for
+from parsl_dragon.vocabulary import DEFAULT_PMI
 
 
 @pytest.fixture(autouse=True)
@@ -25,7 +26,7 @@ def _keys(exc_info) -> set:
 
 # ---------------------------------------------------------------- valid specs
 
-MPI = {"pmi": "none"}
+MPI = {"pmi": DEFAULT_PMI}  # the executor's default, applied to MPI tasks without a "pmi" key
 
 VALID = [
     ({}, {}),

@@ -2,9 +2,9 @@
 import pytest
 from parsl.executors.errors import InvalidResourceSpecification
 
-from parsl_dragon import protocol as p
-from parsl_dragon.client import ServerLink
-from parsl_dragon.routing import TaskRouter
+from parsl_dragon.driver.client import ServerLink
+from parsl_dragon.driver.routing import TaskRouter
+from parsl_dragon.wire import protocol as p
 
 WIDE = {"num_nodes": 1, "ranks_per_node": 4, "num_ranks": 4, "pmi": "none"}
 TWO_NODES = {"num_nodes": 2, "ranks_per_node": 1, "num_ranks": 2, "pmi": "none"}

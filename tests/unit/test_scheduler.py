@@ -4,9 +4,9 @@ import random
 import pytest
 from parsl.executors.errors import InvalidResourceSpecification
 
-from parsl_dragon.placement import NodeSlots
-from parsl_dragon.resources import normalize_spec
-from parsl_dragon.scheduler import Assignment, TaskScheduler
+from parsl_dragon.core.placement import NodeSlots
+from parsl_dragon.core.scheduler import Assignment, TaskScheduler
+from parsl_dragon.core.spec import normalize_spec
 
 MPI2 = normalize_spec({"num_nodes": 1, "ranks_per_node": 2, "pmi": "none"})
 MPI_2x2 = normalize_spec({"num_nodes": 2, "ranks_per_node": 2, "pmi": "none"})

@@ -1,4 +1,4 @@
-"""Unit tests for parsl_dragon.security: key files on disk and real CURVE sockets."""
+"""Unit tests for parsl_dragon.wire.security: key files on disk and real CURVE sockets."""
 from __future__ import annotations
 
 import logging
@@ -10,9 +10,9 @@ import time
 import pytest
 import zmq
 
-from parsl_dragon import security
 from parsl_dragon.errors import ConfigurationError, DragonExecutorError, InsecureKeyPath, InsecurePath
 from parsl_dragon.server.auth import CLIENT_DOMAIN, WORKER_DOMAIN, start_authenticator
+from parsl_dragon.wire import security
 from tests.conftest import OTHER_UID
 
 pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq built without CURVE")
@@ -125,7 +125,7 @@ def test_refuses_too_open_secret_file(tmp_path, mode):
 
 def test_secret_never_in_error_or_log_messages(tmp_path, caplog):
     key_dir = tmp_path / "keys"
-    with caplog.at_level(logging.DEBUG, logger="parsl_dragon.security"):
+    with caplog.at_level(logging.DEBUG, logger="parsl_dragon.wire.security"):
         pair = security.load_pair(str(key_dir), security.CLIENT)
     assert caplog.records, "creating keys should be logged"
     for record in caplog.records:

@@ -1,8 +1,10 @@
 """The server's command line (server/main.py): flags become ServerOptions."""
 import os
 
-from parsl_dragon import security
+import pytest
+
 from parsl_dragon.server import main
+from parsl_dragon.wire import security
 
 
 def options(tmp_path, *extra):
@@ -16,13 +18,13 @@ def options(tmp_path, *extra):
 
 
 def test_rank_startup_timeout_defaults_to_the_settings_default(tmp_path):
-    assert options(tmp_path).rank_startup_timeout == 60.0
+    assert options(tmp_path).rank_startup_timeout_ms == 60_000
 
 
 def test_rank_startup_timeout_flag_and_forever(tmp_path):
-    assert options(tmp_path, "--rank-startup-timeout", "900").rank_startup_timeout == 900.0
+    assert options(tmp_path, "--rank-startup-timeout-ms", "900").rank_startup_timeout_ms == 900
     os.rename(tmp_path / "keys", tmp_path / "old-keys")
-    assert options(tmp_path, "--rank-startup-timeout", "-1").rank_startup_timeout is None
+    assert options(tmp_path, "--rank-startup-timeout-ms", "-1").rank_startup_timeout_ms == -1
 
 
 def test_job_id_comes_from_the_allocation_unless_given(tmp_path, monkeypatch):
@@ -33,3 +35,11 @@ def test_job_id_comes_from_the_allocation_unless_given(tmp_path, monkeypatch):
     assert options(tmp_path, "--job-id", "7").job_id == "7"
     assert main.batch_job_id({"PBS_JOBID": "12.pbs"}) == "12.pbs"
     assert main.batch_job_id({}) is None
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "1.5", "soon"])
+def test_a_timeout_flag_refuses_what_the_executor_refuses(tmp_path, value, capsys):
+    """The server's timeout flags use the project's one parser: > 0 ms or -1, nothing else."""
+    with pytest.raises(SystemExit):
+        options(tmp_path, "--owner-timeout-ms", value)
+    assert "--owner-timeout-ms" in capsys.readouterr().err

@@ -8,13 +8,13 @@ import time
 import pytest
 import zmq
 
-from parsl_dragon import protocol as p
-from parsl_dragon.connection import ConnectionInfo, connection_path, read_connection, write_connection
-from parsl_dragon.placement import NodeSlots
-from parsl_dragon.scheduler import TaskScheduler
-from parsl_dragon.security import ephemeral_pair
+from parsl_dragon.core.placement import NodeSlots
+from parsl_dragon.core.scheduler import TaskScheduler
 from parsl_dragon.server.auth import CLIENT_DOMAIN
 from parsl_dragon.server.service import Server, ServerOptions
+from parsl_dragon.wire import protocol as p
+from parsl_dragon.wire.connection import ConnectionInfo, connection_path, read_connection, write_connection
+from parsl_dragon.wire.security import ephemeral_pair
 
 LEASE = 3.0  # heartbeat_period 1.0 x threshold 3
 
@@ -166,7 +166,7 @@ def test_a_result_from_a_worker_the_task_was_not_sent_to_is_dropped(server):
 
 
 def test_no_owner_within_the_owner_timeout_of_publishing_stops_the_server(server):
-    server.options.owner_timeout = 60.0
+    server.options.owner_timeout_ms = 60_000
     now = time.monotonic()
     server._check_leases(now)
     assert not server._stopping, "the clock starts when the connection file is written"

@@ -1,11 +1,12 @@
-"""Unit tests for parsl_dragon.settings: precedence, defaults and validation."""
+"""Unit tests for parsl_dragon.driver.settings: precedence, defaults and validation."""
 from __future__ import annotations
 
 import os
 
 import pytest
 
-from parsl_dragon import settings as s
+from parsl_dragon import vocabulary as v
+from parsl_dragon.driver import settings as s
 from parsl_dragon.errors import ConfigurationError, DragonExecutorError
 
 
@@ -23,9 +24,9 @@ def test_defaults_with_empty_environment():
 
 
 def test_default_constants():
-    assert s.DEFAULT_STARTUP_TIMEOUT_MS == 300_000
-    assert s.DEFAULT_TIMEOUT_MS == 30_000
-    assert s.DEFAULT_TRANSPORT == "auto"
+    assert v.DEFAULT_STARTUP_TIMEOUT_MS == 300_000
+    assert v.DEFAULT_TIMEOUT_MS == 30_000
+    assert v.DEFAULT_TRANSPORT == "auto"
     assert s.default_key_path().endswith(os.path.join(".parsl_dragon", "keys"))
     assert os.path.isabs(s.default_key_path())
 
@@ -42,13 +43,13 @@ def test_unrelated_environment_is_ignored():
 
 
 def test_blank_environment_values_fall_back_to_defaults():
-    env = {s.ENV_SERVER_PATH: "", s.ENV_TRANSPORT: "  ", s.ENV_STARTUP_TIMEOUT: "",
-           s.ENV_TIMEOUT: "\t", s.ENV_KEY_PATH: " "}
+    env = {v.ENV_SERVER_PATH: "", v.ENV_TRANSPORT: "  ", v.ENV_STARTUP_TIMEOUT: "",
+           v.ENV_TIMEOUT: "\t", v.ENV_KEY_PATH: " "}
     assert s.resolve_settings(env=env) == s.resolve_settings(env={})
 
 
 def test_explicit_env_mapping_is_used_instead_of_os_environ(monkeypatch):
-    monkeypatch.setenv(s.ENV_TIMEOUT, "1234")
+    monkeypatch.setenv(v.ENV_TIMEOUT, "1234")
     assert s.resolve_settings(env={}).timeout_ms == 30000
     assert s.resolve_settings().timeout_ms == 1234  # env=None reads os.environ
 
@@ -57,13 +58,13 @@ def test_explicit_env_mapping_is_used_instead_of_os_environ(monkeypatch):
 
 # (argument name, env var, argument value, env value, expected from arg, expected from env, default)
 CASES = [
-    ("transport", s.ENV_TRANSPORT, "hsta", "tcp", "hsta", "tcp", "auto"),
-    ("startup_timeout_ms", s.ENV_STARTUP_TIMEOUT, 1000, "2000", 1000, 2000, 300000),
-    ("timeout_ms", s.ENV_TIMEOUT, 500, "700", 500, 700, 30000),
-    ("rank_startup_timeout_ms", s.ENV_RANK_STARTUP_TIMEOUT, 900, "1200", 900, 1200, 60000),
-    ("key_path", s.ENV_KEY_PATH, "/arg/keys", "/env/keys", "/arg/keys", "/env/keys",
+    ("transport", v.ENV_TRANSPORT, "hsta", "tcp", "hsta", "tcp", "auto"),
+    ("startup_timeout_ms", v.ENV_STARTUP_TIMEOUT, 1000, "2000", 1000, 2000, 300000),
+    ("timeout_ms", v.ENV_TIMEOUT, 500, "700", 500, 700, 30000),
+    ("rank_startup_timeout_ms", v.ENV_RANK_STARTUP_TIMEOUT, 900, "1200", 900, 1200, 60000),
+    ("key_path", v.ENV_KEY_PATH, "/arg/keys", "/env/keys", "/arg/keys", "/env/keys",
      os.path.join(os.path.expanduser("~"), ".parsl_dragon", "keys")),
-    ("server_path", s.ENV_SERVER_PATH, "/arg/server", "/env/server", "/arg/server", "/env/server", None),
+    ("server_path", v.ENV_SERVER_PATH, "/arg/server", "/env/server", "/arg/server", "/env/server", None),
 ]
 
 
@@ -91,7 +92,7 @@ def test_default_when_neither(arg, var, arg_value, env_value, from_arg, from_env
 
 
 def test_settings_are_independent_of_each_other():
-    env = {s.ENV_TRANSPORT: "tcp", s.ENV_TIMEOUT: "100"}
+    env = {v.ENV_TRANSPORT: "tcp", v.ENV_TIMEOUT: "100"}
     result = s.resolve_settings(env=env, startup_timeout_ms=9, key_path="/k")
     assert (result.transport, result.timeout_ms, result.startup_timeout_ms, result.key_path) == \
         ("tcp", 100, 9, "/k")
@@ -101,11 +102,11 @@ def test_settings_are_independent_of_each_other():
 def test_argument_zero_is_not_treated_as_missing():
     # 0 is an explicit (invalid) argument; it must not silently fall back to env or default
     with pytest.raises(ConfigurationError):
-        s.resolve_settings(env={s.ENV_TIMEOUT: "700"}, timeout_ms=0)
+        s.resolve_settings(env={v.ENV_TIMEOUT: "700"}, timeout_ms=0)
 
 
 def test_invalid_environment_is_not_consulted_when_argument_given():
-    result = s.resolve_settings(env={s.ENV_TIMEOUT: "garbage", s.ENV_TRANSPORT: "udp"},
+    result = s.resolve_settings(env={v.ENV_TIMEOUT: "garbage", v.ENV_TRANSPORT: "udp"},
                                 timeout_ms=10, transport="tcp")
     assert result.timeout_ms == 10
     assert result.transport == "tcp"
@@ -122,7 +123,7 @@ def test_minus_one_means_forever():
 
 
 def test_minus_one_from_environment_means_forever():
-    result = s.resolve_settings(env={s.ENV_TIMEOUT: "-1", s.ENV_STARTUP_TIMEOUT: " -1 "})
+    result = s.resolve_settings(env={v.ENV_TIMEOUT: "-1", v.ENV_STARTUP_TIMEOUT: " -1 "})
     assert result.timeout_s is None
     assert result.startup_timeout_s is None
 
@@ -130,7 +131,7 @@ def test_minus_one_from_environment_means_forever():
 def test_rank_startup_timeout_in_seconds_and_forever():
     assert s.resolve_settings(env={}).rank_startup_timeout_s == 60.0
     assert s.resolve_settings(env={}, rank_startup_timeout_ms=2500).rank_startup_timeout_s == 2.5
-    assert s.resolve_settings(env={s.ENV_RANK_STARTUP_TIMEOUT: "-1"}).rank_startup_timeout_s is None
+    assert s.resolve_settings(env={v.ENV_RANK_STARTUP_TIMEOUT: "-1"}).rank_startup_timeout_s is None
 
 
 def test_timeouts_converted_to_seconds():
@@ -140,20 +141,20 @@ def test_timeouts_converted_to_seconds():
 
 
 def test_timeout_strings_are_stripped_and_parsed():
-    assert s.resolve_settings(env={s.ENV_TIMEOUT: " 42 "}).timeout_ms == 42
+    assert s.resolve_settings(env={v.ENV_TIMEOUT: " 42 "}).timeout_ms == 42
     assert s.resolve_settings(env={}, timeout_ms="17").timeout_ms == 17
 
 
 @pytest.mark.parametrize("value", ["HSTA", " Tcp ", "AUTO"])
 def test_transport_is_case_insensitive(value):
     assert s.resolve_settings(env={}, transport=value).transport == value.strip().lower()
-    assert s.resolve_settings(env={s.ENV_TRANSPORT: value}).transport == value.strip().lower()
+    assert s.resolve_settings(env={v.ENV_TRANSPORT: value}).transport == value.strip().lower()
 
 
 def test_paths_are_expanded_and_made_absolute(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    result = s.resolve_settings(env={s.ENV_SERVER_PATH: "relative/server"}, key_path="~/mykeys")
+    result = s.resolve_settings(env={v.ENV_SERVER_PATH: "relative/server"}, key_path="~/mykeys")
     assert result.key_path == str(tmp_path / "mykeys")
     assert result.server_path == str(tmp_path / "relative" / "server")
 
@@ -167,9 +168,9 @@ def test_settings_are_frozen():
 # ---------------------------------------------------------------- validation
 
 @pytest.mark.parametrize("value", [0, -5, "abc", "1.5", "", -2])
-@pytest.mark.parametrize("arg,var", [("timeout_ms", s.ENV_TIMEOUT),
-                                     ("startup_timeout_ms", s.ENV_STARTUP_TIMEOUT),
-                                     ("rank_startup_timeout_ms", s.ENV_RANK_STARTUP_TIMEOUT)])
+@pytest.mark.parametrize("arg,var", [("timeout_ms", v.ENV_TIMEOUT),
+                                     ("startup_timeout_ms", v.ENV_STARTUP_TIMEOUT),
+                                     ("rank_startup_timeout_ms", v.ENV_RANK_STARTUP_TIMEOUT)])
 def test_invalid_timeout_argument_names_the_argument(arg, var, value):
     with pytest.raises(ConfigurationError) as info:
         s.resolve_settings(env={}, **{arg: value})
@@ -179,7 +180,7 @@ def test_invalid_timeout_argument_names_the_argument(arg, var, value):
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "abc", "1.5", "30s"])
-@pytest.mark.parametrize("var", [s.ENV_TIMEOUT, s.ENV_STARTUP_TIMEOUT, s.ENV_RANK_STARTUP_TIMEOUT])
+@pytest.mark.parametrize("var", [v.ENV_TIMEOUT, v.ENV_STARTUP_TIMEOUT, v.ENV_RANK_STARTUP_TIMEOUT])
 def test_invalid_timeout_variable_names_the_variable(var, value):
     with pytest.raises(ConfigurationError) as info:
         s.resolve_settings(env={var: value})
@@ -205,7 +206,7 @@ def test_invalid_transport_argument(value):
 
 def test_invalid_transport_variable():
     with pytest.raises(ConfigurationError) as info:
-        s.resolve_settings(env={s.ENV_TRANSPORT: "udp"})
+        s.resolve_settings(env={v.ENV_TRANSPORT: "udp"})
     assert "environment variable PARSL_DRAGON_TRANSPORT" in str(info.value)
     assert "'udp'" in str(info.value)
 
@@ -218,21 +219,21 @@ def test_empty_path_argument_is_rejected(arg):
 
 def test_configuration_error_is_a_dragon_executor_error():
     with pytest.raises(DragonExecutorError):
-        s.resolve_settings(env={s.ENV_TIMEOUT: "0"})
+        s.resolve_settings(env={v.ENV_TIMEOUT: "0"})
 
 
 def test_parse_helpers_directly():
-    assert s.parse_timeout_ms(5, "x") == 5
-    assert s.parse_timeout_ms("-1", "x") == -1
-    assert s.parse_transport("TCP", "x") == "tcp"
+    assert v.parse_timeout_ms(5, "x") == 5
+    assert v.parse_timeout_ms("-1", "x") == -1
+    assert v.parse_transport("TCP", "x") == "tcp"
     with pytest.raises(ConfigurationError, match="^my-name must"):
-        s.parse_timeout_ms(0, "my-name")
+        v.parse_timeout_ms(0, "my-name")
     with pytest.raises(ConfigurationError, match="^my-name must"):
-        s.parse_transport("udp", "my-name")
+        v.parse_transport("udp", "my-name")
 
 
 def test_owner_timeout_follows_argument_environment_default():
-    DEFAULT_OWNER_TIMEOUT_MS, ENV_OWNER_TIMEOUT = s.DEFAULT_OWNER_TIMEOUT_MS, s.ENV_OWNER_TIMEOUT
+    DEFAULT_OWNER_TIMEOUT_MS, ENV_OWNER_TIMEOUT = v.DEFAULT_OWNER_TIMEOUT_MS, v.ENV_OWNER_TIMEOUT
     assert s.resolve_settings(env={}).owner_timeout_ms == DEFAULT_OWNER_TIMEOUT_MS == 60_000
     assert s.resolve_settings(env={ENV_OWNER_TIMEOUT: "-1"}).owner_timeout_s is None
     assert s.resolve_settings(owner_timeout_ms=5000, env={ENV_OWNER_TIMEOUT: "-1"}).owner_timeout_s == 5.0

@@ -3,8 +3,8 @@ from collections import deque
 
 import zmq
 
-from parsl_dragon import protocol as p
 from parsl_dragon.server.worker import Worker, lost_in_flight
+from parsl_dragon.wire import protocol as p
 
 
 class Sent:

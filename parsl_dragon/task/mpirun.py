@@ -18,22 +18,21 @@ from typing import List
 
 import zmq
 
-from parsl_dragon import protocol as p
-from parsl_dragon.mpi_env import REPORT_VAR, TASK_VAR, write_report
-from parsl_dragon.security import make_curve_client
+from parsl_dragon.task.mpi_env import write_report
+from parsl_dragon.vocabulary import ENV_RANK_REPORT, ENV_TASK, ENV_WORKER_ADDRESS, ENV_WORKER_SECRET
+from parsl_dragon.wire import protocol as p
+from parsl_dragon.wire.security import make_worker_link
 
-_HIDDEN = ("PARSL_DRAGON_WORKER_SECRET",)
+_HIDDEN = (ENV_WORKER_SECRET,)
 
 
 def request_launch(argv: List[str]) -> p.RanksDone:
     context = zmq.Context()
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    make_curve_client(sock, os.environ["PARSL_DRAGON_WORKER_SECRET"].encode(),
-                      os.environ["PARSL_DRAGON_WORKER_SERVER_KEY"].encode())
-    sock.connect(os.environ["PARSL_DRAGON_WORKER_ADDRESS"])
+    sock.connect(make_worker_link(sock, os.environ))
     env = {k: v for k, v in os.environ.items() if k not in _HIDDEN}
-    sock.send_multipart(p.encode(p.LaunchRanks(task_id=int(os.environ[TASK_VAR]), argv=argv,
+    sock.send_multipart(p.encode(p.LaunchRanks(task_id=int(os.environ[ENV_TASK]), argv=argv,
                                                cwd=os.getcwd(), env=env)))
     try:
         while True:
@@ -64,8 +63,8 @@ def relay_output(done: p.RanksDone) -> None:
 
 def exit_code(done: p.RanksDone) -> int:
     failed = [(label, code) for label, code in zip(done.labels, done.exit_codes) if code != 0]
-    if os.environ.get(REPORT_VAR):
-        write_report(os.environ[REPORT_VAR], failed)
+    if os.environ.get(ENV_RANK_REPORT):
+        write_report(os.environ[ENV_RANK_REPORT], failed)
     if not failed:
         return 0
     code = failed[0][1]
@@ -77,16 +76,16 @@ def main(argv: List[str] = None) -> int:
     if not argv:
         print("usage: $PARSL_MPI_PREFIX COMMAND [ARGS...]", file=sys.stderr)
         return 2
-    if TASK_VAR not in os.environ or "PARSL_DRAGON_WORKER_ADDRESS" not in os.environ:
-        print("parsl_dragon.mpirun: not inside an MPI task of DragonExecutor (no PARSL_DRAGON_TASK); "
+    if ENV_TASK not in os.environ or ENV_WORKER_ADDRESS not in os.environ:
+        print("parsl_dragon.task.mpirun: not inside an MPI task of DragonExecutor (no PARSL_DRAGON_TASK); "
               "give the app a parsl_resource_specification with num_nodes / ranks_per_node",
               file=sys.stderr)
         return 2
     done = request_launch(argv)
     if done.error:
-        print(f"parsl_dragon.mpirun: {done.error}", file=sys.stderr)
-        if os.environ.get(REPORT_VAR):
-            write_report(os.environ[REPORT_VAR], [], error=done.error)
+        print(f"parsl_dragon.task.mpirun: {done.error}", file=sys.stderr)
+        if os.environ.get(ENV_RANK_REPORT):
+            write_report(os.environ[ENV_RANK_REPORT], [], error=done.error)
         return 1
     relay_output(done)
     return exit_code(done)

@@ -51,14 +51,21 @@ from typing import Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
 import zmq
 
-from parsl_dragon import protocol as p
-from parsl_dragon import security
-from parsl_dragon.client import DragonClient
-from parsl_dragon.connection import CONNECTION_FILE, ConnectionInfo, read_connection, remove_connection
-from parsl_dragon.errors import (AuthenticationFailed, ConfigurationError, DragonExecutorError, HandshakeTimeout,
-                                 InsecurePath, ServerConnectionError, VersionMismatch)
+from parsl_dragon.driver.client import DragonClient
+from parsl_dragon.driver.settings import ENV_KEY_PATH, ENV_SERVER_PATH, resolve_settings
+from parsl_dragon.errors import (
+    AuthenticationFailed,
+    ConfigurationError,
+    DragonExecutorError,
+    HandshakeTimeout,
+    InsecurePath,
+    ServerConnectionError,
+    VersionMismatch,
+)
 from parsl_dragon.server import boot
-from parsl_dragon.settings import ENV_KEY_PATH, ENV_SERVER_PATH, resolve_settings
+from parsl_dragon.wire import protocol as p
+from parsl_dragon.wire import security
+from parsl_dragon.wire.connection import CONNECTION_FILE, ConnectionInfo, read_connection, remove_connection
 
 logger = logging.getLogger(__name__)
 

@@ -4,10 +4,10 @@ For a task with a placement the worker exports, for the duration of the task::
 
     PARSL_NUM_NODES, PARSL_RANKS_PER_NODE, PARSL_NUM_RANKS   as in HTEX's MPI mode
     PARSL_MPI_NODELIST        comma-separated hosts of the task's ranks
-    PARSL_MPI_PREFIX          "<python> -m parsl_dragon.mpirun": runs the rest of the command
+    PARSL_MPI_PREFIX          "<python> -m parsl_dragon.task.mpirun": runs the rest of the command
                               line as the task's ranks, launched by Dragon
-    PARSL_DRAGON_TASK         the server's id of the task (used by parsl_dragon.mpirun)
-    PARSL_DRAGON_RANK_REPORT  file where parsl_dragon.mpirun records failing ranks
+    PARSL_DRAGON_TASK         the server's id of the task (used by parsl_dragon.task.mpirun)
+    PARSL_DRAGON_RANK_REPORT  file where parsl_dragon.task.mpirun records failing ranks
 
 Each rank additionally gets ``PARSL_RANK``, ``PARSL_LOCAL_RANK`` and ``PARSL_NODE_RANK``.
 
@@ -26,8 +26,8 @@ import sys
 import tempfile
 from typing import Any, Dict, Iterator, List, Tuple
 
-REPORT_VAR = "PARSL_DRAGON_RANK_REPORT"
-TASK_VAR = "PARSL_DRAGON_TASK"
+from parsl_dragon.vocabulary import ENV_RANK_REPORT, ENV_TASK
+
 REPORT_FILE = "ranks.json"
 
 
@@ -39,9 +39,9 @@ def task_environment(task_id: int, spec: Dict[str, Any], placement: Dict[str, An
         "PARSL_RANKS_PER_NODE": str(ranks_per_node),
         "PARSL_NUM_RANKS": str(int(spec.get("num_ranks", ranks_per_node * len(hosts)))),
         "PARSL_MPI_NODELIST": ",".join(hosts),
-        "PARSL_MPI_PREFIX": f"{shlex.quote(sys.executable)} -m parsl_dragon.mpirun",
-        TASK_VAR: str(task_id),
-        REPORT_VAR: report,
+        "PARSL_MPI_PREFIX": f"{shlex.quote(sys.executable)} -m parsl_dragon.task.mpirun",
+        ENV_TASK: str(task_id),
+        ENV_RANK_REPORT: report,
     }
 
 

@@ -1,7 +1,7 @@
 """Resolve executor settings: explicit argument > ``PARSL_DRAGON_*`` variable > default.
 
-The seed's semantics are kept: timeouts are milliseconds and ``-1`` means wait
-forever; the transport is ``hsta``, ``tcp`` or ``auto``.
+Names, defaults and parsers come from :mod:`parsl_dragon.vocabulary`: timeouts are
+milliseconds and ``-1`` means no limit; the transport is ``hsta``, ``tcp`` or ``auto``.
 """
 from __future__ import annotations
 
@@ -11,55 +11,32 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, TypeVar
 
 from parsl_dragon.errors import ConfigurationError
+from parsl_dragon.vocabulary import (
+    DEFAULT_OWNER_TIMEOUT_MS,
+    DEFAULT_RANK_STARTUP_TIMEOUT_MS,
+    DEFAULT_STARTUP_TIMEOUT_MS,
+    DEFAULT_TIMEOUT_MS,
+    DEFAULT_TRANSPORT,
+    ENV_KEY_PATH,
+    ENV_OWNER_TIMEOUT,
+    ENV_RANK_STARTUP_TIMEOUT,
+    ENV_SERVER_PATH,
+    ENV_STARTUP_TIMEOUT,
+    ENV_TIMEOUT,
+    ENV_TRANSPORT,
+    parse_timeout_ms,
+    parse_transport,
+    timeout_seconds,
+)
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-ENV_SERVER_PATH = "PARSL_DRAGON_SERVER_PATH"
-ENV_TRANSPORT = "PARSL_DRAGON_TRANSPORT"
-ENV_STARTUP_TIMEOUT = "PARSL_DRAGON_STARTUP_TIMEOUT"
-ENV_TIMEOUT = "PARSL_DRAGON_TIMEOUT"
-ENV_KEY_PATH = "PARSL_DRAGON_KEY_PATH"
-ENV_RANK_STARTUP_TIMEOUT = "PARSL_DRAGON_RANK_STARTUP_TIMEOUT"
-ENV_OWNER_TIMEOUT = "PARSL_DRAGON_OWNER_TIMEOUT"
-
-DEFAULT_STARTUP_TIMEOUT_MS = 300_000
-DEFAULT_TIMEOUT_MS = 30_000
-# Base time for an MPI task's ranks to start (the server adds RANK_STARTUP_MS_PER_RANK per
-# rank): ProcessGroup start-up grows with the rank count and the node count.
-DEFAULT_RANK_STARTUP_TIMEOUT_MS = 60_000
-RANK_STARTUP_MS_PER_RANK = 10
-# Time a block's server waits, once it has published its connection file, for its driver to
-# connect; then it stops, so a block whose driver died during start-up does not hold the
-# allocation (the driver's watcher connects within a second of the file appearing).
-DEFAULT_OWNER_TIMEOUT_MS = 60_000
-TRANSPORTS = ("hsta", "tcp", "auto")
-DEFAULT_TRANSPORT = "auto"
-
 
 def default_key_path() -> str:
     """Where keys live when nothing else is said: ``~/.parsl_dragon/keys``."""
     return os.path.join(os.path.expanduser("~"), ".parsl_dragon", "keys")
-
-
-def parse_timeout_ms(value: object, name: str) -> int:
-    """A timeout in ms: a positive integer, or ``-1`` for "wait forever"."""
-    try:
-        ms = int(str(value).strip())
-    except ValueError as exc:
-        raise ConfigurationError(f"{name} must be an integer number of milliseconds or -1, got {value!r}") from exc
-    if ms == -1 or ms > 0:
-        return ms
-    raise ConfigurationError(f"{name} must be > 0 (milliseconds) or -1 (wait forever), got {ms}")
-
-
-def parse_transport(value: object, name: str) -> str:
-    """One of ``hsta``, ``tcp``, ``auto`` (case-insensitive)."""
-    transport = str(value).strip().lower()
-    if transport not in TRANSPORTS:
-        raise ConfigurationError(f"{name} must be one of {', '.join(TRANSPORTS)}; got {value!r}")
-    return transport
 
 
 def _resolve(arg: Optional[T], env: Mapping[str, str], var: str, default: T,
@@ -78,11 +55,6 @@ def _path(value: object, name: str) -> str:
     return os.path.abspath(text)
 
 
-def _seconds(ms: int) -> Optional[float]:
-    """A timeout in ms as seconds; ``-1`` (wait forever) as ``None``."""
-    return None if ms == -1 else ms / 1000.0
-
-
 @dataclass(frozen=True)
 class Settings:
     """Effective settings of one executor, after precedence is applied."""
@@ -98,22 +70,22 @@ class Settings:
     @property
     def timeout_s(self) -> Optional[float]:
         """``timeout_ms`` in seconds; ``None`` means wait forever."""
-        return _seconds(self.timeout_ms)
+        return timeout_seconds(self.timeout_ms)
 
     @property
     def startup_timeout_s(self) -> Optional[float]:
         """``startup_timeout_ms`` in seconds; ``None`` means wait forever."""
-        return _seconds(self.startup_timeout_ms)
+        return timeout_seconds(self.startup_timeout_ms)
 
     @property
     def rank_startup_timeout_s(self) -> Optional[float]:
         """``rank_startup_timeout_ms`` in seconds; ``None`` means wait forever."""
-        return _seconds(self.rank_startup_timeout_ms)
+        return timeout_seconds(self.rank_startup_timeout_ms)
 
     @property
     def owner_timeout_s(self) -> Optional[float]:
         """``owner_timeout_ms`` in seconds; ``None`` means wait forever."""
-        return _seconds(self.owner_timeout_ms)
+        return timeout_seconds(self.owner_timeout_ms)
 
 
 def resolve_settings(*, server_path: Optional[str] = None, transport: Optional[str] = None,

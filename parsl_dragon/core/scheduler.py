@@ -2,7 +2,7 @@
 
 Two layers, both pure:
 
-* :class:`~parsl_dragon.placement.SlotTable` decides *where* a task may start (cores and
+* :class:`~parsl_dragon.core.placement.SlotTable` decides *where* a task may start (cores and
   GPUs per node, priority queue, backfill without starvation);
 * :class:`TaskScheduler` (this module) adds the persistent workers: each task runs on an
   idle worker of its first host (for an MPI task that worker runs the app, which launches
@@ -28,8 +28,8 @@ from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 from parsl.executors.errors import InvalidResourceSpecification
 
-from parsl_dragon.placement import NodeSlots, Placement, SlotTable
-from parsl_dragon.resources import check_fits, is_mpi, request_for
+from parsl_dragon.core.placement import NodeSlots, Placement, SlotTable
+from parsl_dragon.core.spec import check_fits, is_mpi, request_for
 
 
 @dataclass(frozen=True)

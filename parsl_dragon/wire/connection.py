@@ -34,8 +34,8 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, Dict, Optional, Tuple
 
-from parsl_dragon import security
 from parsl_dragon.errors import ConfigurationError
+from parsl_dragon.wire import security
 
 CONNECTION_FILE = "connection.json"
 _PIDS = ("pid", "launcher_pid")  # must be > 0: 0 and -1 mean process groups to os.kill

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, Deque, Dict, List, NamedTuple, Optional, 
 
 from parsl.executors.errors import InvalidResourceSpecification
 
-from parsl_dragon.placement import NodeSlots
-from parsl_dragon.resources import check_fits
+from parsl_dragon.core.placement import NodeSlots
+from parsl_dragon.core.spec import check_fits
 
 if TYPE_CHECKING:  # the router itself needs no sockets
-    from parsl_dragon.client import ServerLink
+    from parsl_dragon.driver.client import ServerLink
 
 
 class Send(NamedTuple):

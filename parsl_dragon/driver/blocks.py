@@ -19,8 +19,8 @@ from typing import Callable, Dict, List, Optional
 
 from parsl.jobs.states import TERMINAL_STATES, JobStatus
 
-from parsl_dragon.connection import ConnectionInfo, connection_path, read_connection
 from parsl_dragon.errors import ConfigurationError, InsecurePath, ServerStartupError
+from parsl_dragon.wire.connection import ConnectionInfo, connection_path, read_connection
 
 LOG_NAMES = ("boot.log", "dragon.log", "server.log")
 POLL_SECONDS = 0.1
@@ -51,7 +51,8 @@ def boot_command(launch: BlockLaunch, key_path: str, transport: str, server_opti
     """The shell command a provider runs for one block: boot -> dragon -> our server.
 
     ``server_options`` become ``--name value`` flags of the server (``None`` values are
-    left out, ``True`` becomes a bare flag), e.g. ``{"host_address": "auto", "debug": True}``.
+    left out, ``True`` becomes a bare flag), e.g. ``{"host_address": "auto", "debug": True}``;
+    timeouts are passed as ``*_ms`` flags with ``-1`` for no limit, as everywhere.
     ``driver_pid`` (blocks on the driver's own host) makes the block follow its driver:
     boot stops the runtime as soon as that process is gone.
     """
@@ -70,11 +71,6 @@ def boot_command(launch: BlockLaunch, key_path: str, transport: str, server_opti
         elif value is not None and value is not False:
             args += [flag, str(value)]
     return " ".join(shlex.quote(a) for a in args)
-
-
-def seconds_flag(seconds: Optional[float]) -> float:
-    """A server flag's value for a timeout: seconds, or -1 for "wait forever" (``None``)."""
-    return -1 if seconds is None else seconds
 
 
 def tail(path: str, lines: int = 5) -> str:

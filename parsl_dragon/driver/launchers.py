@@ -17,17 +17,25 @@ import logging
 from typing import Optional
 
 import typeguard
-from parsl.launchers import (AprunLauncher, GnuParallelLauncher, JsrunLauncher, MpiExecLauncher,
-                             MpiRunLauncher, SingleNodeLauncher, SrunLauncher, SrunMPILauncher)
+from parsl.launchers import (
+    AprunLauncher,
+    GnuParallelLauncher,
+    JsrunLauncher,
+    MpiExecLauncher,
+    MpiRunLauncher,
+    SingleNodeLauncher,
+    SrunLauncher,
+    SrunMPILauncher,
+)
 from parsl.launchers.base import Launcher
 
 from parsl_dragon.errors import ConfigurationError
+from parsl_dragon.vocabulary import ENV_NODES_PER_BLOCK
 
 logger = logging.getLogger(__name__)
 
 PER_NODE_LAUNCHERS = (AprunLauncher, GnuParallelLauncher, JsrunLauncher, MpiExecLauncher,
                       MpiRunLauncher, SrunLauncher, SrunMPILauncher)
-NODES_VAR = "PARSL_DRAGON_NODES_PER_BLOCK"
 
 
 class DragonLauncher(Launcher):
@@ -56,7 +64,7 @@ class DragonLauncher(Launcher):
                            "ignored (the server sizes its workers itself)", tasks_per_node)
         lines = [f"# parsl-dragon DragonLauncher: one Dragon runtime for the whole block "
                  f"({nodes_per_block} node{'s' if nodes_per_block != 1 else ''}), started once, here",
-                 f"export {NODES_VAR}={int(nodes_per_block)}"]
+                 f"export {ENV_NODES_PER_BLOCK}={int(nodes_per_block)}"]
         if self.debug:
             lines.append(f'echo "parsl-dragon: block of {nodes_per_block} node(s): starting the Dragon '
                          'runtime on $(hostname) at $(date)"')
@@ -80,9 +88,9 @@ def check_launcher(launcher: Optional[Launcher], nodes_per_block: Optional[int] 
         raise ConfigurationError(
             f"{type(launcher).__name__} starts one copy of the block command per node or rank, but a "
             "DragonExecutor block needs exactly one Dragon runtime spanning its nodes: give the provider "
-            "launcher=parsl_dragon.launchers.DragonLauncher() (or SimpleLauncher() for one-node blocks)")
+            "launcher=parsl_dragon.driver.launchers.DragonLauncher() (or SimpleLauncher() for one-node blocks)")
     if isinstance(launcher, SingleNodeLauncher) and nodes_per_block is not None and nodes_per_block > 1:
         raise ConfigurationError(
             f"SingleNodeLauncher (the default launcher of Parsl's cluster providers) would start "
             f"{nodes_per_block} copies of the block command for nodes_per_block={nodes_per_block}, i.e. "
-            "competing Dragon runtimes: give the provider launcher=parsl_dragon.launchers.DragonLauncher()")
+            "competing Dragon runtimes: give the provider launcher=parsl_dragon.driver.launchers.DragonLauncher()")

@@ -19,8 +19,8 @@ import zmq
 from parsl.monitoring.radios.base import MonitoringRadioReceiver, MonitoringRadioSender, RadioConfig
 from parsl.utils import RepresentationMixin
 
-from parsl_dragon import protocol as p
-from parsl_dragon.security import make_curve_client
+from parsl_dragon.wire import protocol as p
+from parsl_dragon.wire.security import make_worker_link
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +54,7 @@ class DragonRadioSender(MonitoringRadioSender):
             context = zmq.Context()  # a new context: the parent's is unusable after fork
             sock = context.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 2000)
-            make_curve_client(sock, os.environ["PARSL_DRAGON_WORKER_SECRET"].encode(),
-                              os.environ["PARSL_DRAGON_WORKER_SERVER_KEY"].encode())
-            sock.connect(os.environ["PARSL_DRAGON_WORKER_ADDRESS"])
+            sock.connect(make_worker_link(sock, os.environ))
             self._socket, self._pid = sock, os.getpid()
         return self._socket
 

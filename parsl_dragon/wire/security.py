@@ -29,12 +29,13 @@ import shutil
 import stat
 import tempfile
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Mapping, Optional, Tuple
 
 import zmq
 import zmq.auth
 
 from parsl_dragon.errors import ConfigurationError, InsecureKeyPath, InsecurePath
+from parsl_dragon.vocabulary import ENV_WORKER_ADDRESS, ENV_WORKER_SECRET, ENV_WORKER_SERVER_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -221,3 +222,11 @@ def make_curve_client(socket: zmq.Socket, secret: bytes, server_public: bytes) -
     socket.curve_secretkey = secret
     socket.curve_publickey = zmq.curve_public(secret)
     socket.curve_serverkey = server_public
+
+
+def make_worker_link(socket: zmq.Socket, env: Mapping[str, str]) -> str:
+    """Make ``socket`` a CURVE client of the block's backend socket from the variables the
+    server gives its workers (:data:`~parsl_dragon.vocabulary.WORKER_LINK_VARS`, inherited by
+    every task); returns the address to connect to."""
+    make_curve_client(socket, env[ENV_WORKER_SECRET].encode(), env[ENV_WORKER_SERVER_KEY].encode())
+    return env[ENV_WORKER_ADDRESS]

@@ -39,7 +39,7 @@ logged once per key, because Parsl's generic apps and tests pass them. Values mu
 JSON-serializable: the spec travels to the server as JSON. Whether a task can
 ever fit the block (nodes, cores, GPUs) is checked by :func:`check_fits` where the
 block's nodes are known; :func:`request_for` turns a spec into a
-:class:`parsl_dragon.placement.Request`.
+:class:`parsl_dragon.core.placement.Request`.
 """
 from __future__ import annotations
 
@@ -50,11 +50,11 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Set, Tuple
 
 from parsl.executors.errors import InvalidResourceSpecification
 
-from parsl_dragon.placement import NodeSlots, Request
+from parsl_dragon.core.placement import NodeSlots, Request
+from parsl_dragon.vocabulary import DEFAULT_PMI, PMI_BACKENDS
 
 logger = logging.getLogger(__name__)
 
-PMI_BACKENDS: Tuple[str, ...] = ("cray", "pmix", "mpiexec", "none")
 MPI_KEYS: Tuple[str, ...] = ("num_nodes", "ranks_per_node", "num_ranks", "launcher_options", "pmi")
 KNOWN_KEYS: Set[str] = set(MPI_KEYS) | {"cpus_per_rank", "gpus_per_rank", "cpu_bind", "priority", "walltime"}
 _CPU_BIND = {"none": False, "core": True}
@@ -153,7 +153,7 @@ def _check_unknown(key: Any, value: Any) -> None:
         logger.warning("Resource specification key %r is not used by DragonExecutor; keeping it", key)
 
 
-def normalize_spec(spec: Any, *, default_pmi: str = "none") -> Dict[str, Any]:
+def normalize_spec(spec: Any, *, default_pmi: str = DEFAULT_PMI) -> Dict[str, Any]:
     """Validate a task's resource specification and return a canonical, JSON-safe copy.
 
     Parameters

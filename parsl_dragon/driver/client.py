@@ -36,10 +36,10 @@ import parsl
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from parsl_dragon import protocol as p
-from parsl_dragon.connection import ConnectionInfo
 from parsl_dragon.errors import AuthenticationFailed, HandshakeTimeout, ProtocolError, VersionMismatch
-from parsl_dragon.security import KeyPair, make_curve_client
+from parsl_dragon.wire import protocol as p
+from parsl_dragon.wire.connection import ConnectionInfo
+from parsl_dragon.wire.security import KeyPair, make_curve_client
 
 logger = logging.getLogger(__name__)
 

@@ -235,7 +235,7 @@ class StopWorker(Message):
 
 @dataclass
 class LaunchRanks(Message):
-    """``$PARSL_MPI_PREFIX`` (parsl_dragon.mpirun) asks the server to start a task's ranks."""
+    """``$PARSL_MPI_PREFIX`` (parsl_dragon.task.mpirun) asks the server to start a task's ranks."""
 
     task_id: int
     argv: List[str]

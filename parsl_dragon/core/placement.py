@@ -47,10 +47,9 @@ Example (2 nodes x 8 cores, 3 workers each, ``max_bypass=1``)::
 """
 from __future__ import annotations
 
-import math
-
 import dataclasses
 import heapq
+import math
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
 

@@ -38,19 +38,28 @@ from parsl.serialize import deserialize, pack_apply_message
 from parsl.serialize.errors import DeserializationError
 from parsl.utils import RepresentationMixin
 
-from parsl_dragon import protocol as p
-from parsl_dragon import security
-from parsl_dragon.blocks import BlockLaunch, boot_command, seconds_flag, wait_for_server
-from parsl_dragon.client import DragonClient, ServerLink
-from parsl_dragon.connection import connection_path, read_connection, remove_connection
-from parsl_dragon.connection import ConnectionInfo
-from parsl_dragon.errors import (AuthenticationFailed, ConfigurationError, DragonExecutorError, HandshakeTimeout,
-                                 PayloadTooLarge, ServerLost, ServerStartupError, TaskLost, WorkerLost)
-from parsl_dragon.launchers import check_launcher, default_launcher
-from parsl_dragon.monitoring import DragonRadio
-from parsl_dragon.resources import PMI_BACKENDS, normalize_spec
-from parsl_dragon.routing import RoutedServer, Send, TaskRouter
-from parsl_dragon.settings import Settings, resolve_settings
+from parsl_dragon.core.spec import normalize_spec
+from parsl_dragon.driver.blocks import BlockLaunch, boot_command, wait_for_server
+from parsl_dragon.driver.client import DragonClient, ServerLink
+from parsl_dragon.driver.launchers import check_launcher, default_launcher
+from parsl_dragon.driver.routing import RoutedServer, Send, TaskRouter
+from parsl_dragon.driver.settings import Settings, resolve_settings
+from parsl_dragon.errors import (
+    AuthenticationFailed,
+    ConfigurationError,
+    DragonExecutorError,
+    HandshakeTimeout,
+    PayloadTooLarge,
+    ServerLost,
+    ServerStartupError,
+    TaskLost,
+    WorkerLost,
+)
+from parsl_dragon.task.monitoring import DragonRadio
+from parsl_dragon.vocabulary import DEFAULT_PMI, parse_pmi
+from parsl_dragon.wire import protocol as p
+from parsl_dragon.wire import security
+from parsl_dragon.wire.connection import ConnectionInfo, connection_path, read_connection, remove_connection
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +133,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
     @typeguard.typechecked
     def __init__(self, label: str = "dragon", provider: Optional[ExecutionProvider] = None,
                  workers_per_node: Optional[int] = None, cores_per_node: Optional[int] = None,
-                 pmi: str = "mpiexec",
+                 pmi: str = DEFAULT_PMI,
                  server_path: Optional[str] = None, transport: Optional[str] = None,
                  startup_timeout_ms: Optional[int] = None, timeout_ms: Optional[int] = None,
                  key_path: Optional[str] = None, rank_startup_timeout_ms: Optional[int] = None,
@@ -140,8 +149,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
             raise ConfigurationError(f"workers_per_node must be >= 1, got {workers_per_node}")
         if cores_per_node is not None and cores_per_node < 1:
             raise ConfigurationError(f"cores_per_node must be >= 1, got {cores_per_node}")
-        if pmi not in PMI_BACKENDS:
-            raise ConfigurationError(f"pmi must be one of {', '.join(PMI_BACKENDS)}, got {pmi!r}")
+        parse_pmi(pmi, "pmi")
         if heartbeat_period <= 0 or heartbeat_threshold < 1:
             raise ConfigurationError("heartbeat_period must be > 0 and heartbeat_threshold >= 1")
         if prefetch_capacity < 0:
@@ -258,11 +266,11 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         conn_file = connection_path(self.settings.server_path if shared else block_dir)  # type: ignore[arg-type]
         launch = self._launches[block_id] = BlockLaunch(block_id, block_dir, conn_file, launched=time.time())
         return boot_command(launch, self.settings.key_path, self.settings.transport, {
-                                "owner_timeout": seconds_flag(self.settings.owner_timeout_s),
+                                "owner_timeout_ms": self.settings.owner_timeout_ms,
                                 "host_address": self._host_address(), "default_pmi": self.pmi,
                                 "heartbeat_period": self.heartbeat_period,
                                 "heartbeat_threshold": self.heartbeat_threshold,
-                                "rank_startup_timeout": seconds_flag(self.settings.rank_startup_timeout_s),
+                                "rank_startup_timeout_ms": self.settings.rank_startup_timeout_ms,
                                 "workers_per_node": self.workers_per_node_arg,
                                 "cores_per_node": self.cores_per_node, "debug": self.worker_debug},
                             driver_pid=os.getpid() if self._on_this_host else None)

@@ -1,0 +1,96 @@
+"""The project's vocabulary: every name and default that more than one module uses, written once.
+
+Pure (imports only :mod:`parsl_dragon.errors`), so every process may import it: the driver,
+the block's boot process, the server, its workers and the code that runs inside tasks.
+
+* **PMI backends** of MPI tasks and the default (``DragonExecutor(pmi=)``, the resource key
+  ``pmi``, the server's ``--default-pmi``).
+* **Transports** of a block's runtime (``DragonExecutor(transport=)``, boot's ``--transport``).
+* **Environment variables**: the ``PARSL_DRAGON_*`` settings a user may set, and the ones we
+  set for the processes we start (block token, worker link, task id, rank report).
+* **Timeouts**: milliseconds end to end, ``-1`` (:data:`NO_LIMIT`) means no limit everywhere;
+  :func:`parse_timeout_ms` is the one parser (executor arguments, environment, server flags)
+  and :func:`timeout_seconds` turns a value into what a wait call takes.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+from parsl_dragon.errors import ConfigurationError
+
+# --- PMI: how an MPI task's ranks find each other -----------------------------------------
+PMI_BACKENDS: Tuple[str, ...] = ("cray", "pmix", "mpiexec", "none")
+DEFAULT_PMI = "mpiexec"  # one mpiexec (MPICH hydra) starts the ranks; works without PALS or PMIx
+
+# --- Transports of a block's Dragon runtime -------------------------------------------------
+AUTO_TRANSPORT = "auto"  # hsta where Dragon's HSTA agent is installed, tcp otherwise
+TRANSPORTS: Tuple[str, ...] = ("hsta", "tcp", AUTO_TRANSPORT)
+DEFAULT_TRANSPORT = AUTO_TRANSPORT
+
+# --- Environment: settings a user may set (argument > variable > default) -----------------
+ENV_SERVER_PATH = "PARSL_DRAGON_SERVER_PATH"
+ENV_TRANSPORT = "PARSL_DRAGON_TRANSPORT"
+ENV_STARTUP_TIMEOUT = "PARSL_DRAGON_STARTUP_TIMEOUT"
+ENV_TIMEOUT = "PARSL_DRAGON_TIMEOUT"
+ENV_KEY_PATH = "PARSL_DRAGON_KEY_PATH"
+ENV_RANK_STARTUP_TIMEOUT = "PARSL_DRAGON_RANK_STARTUP_TIMEOUT"
+ENV_OWNER_TIMEOUT = "PARSL_DRAGON_OWNER_TIMEOUT"
+
+# --- Environment: what we set for the processes we start -------------------------------------
+ENV_BLOCK_TOKEN = "PARSL_DRAGON_BLOCK_TOKEN"            # every process of a block (teardown finds them)
+ENV_NODES_PER_BLOCK = "PARSL_DRAGON_NODES_PER_BLOCK"    # DragonLauncher -> boot
+ENV_WORKER_ADDRESS = "PARSL_DRAGON_WORKER_ADDRESS"      # server -> workers: the backend socket
+ENV_WORKER_SECRET = "PARSL_DRAGON_WORKER_SECRET"        # server -> workers: their CURVE secret key
+ENV_WORKER_SERVER_KEY = "PARSL_DRAGON_WORKER_SERVER_KEY"  # server -> workers: the server's public key
+ENV_SERVER_ID = "PARSL_DRAGON_SERVER_ID"                # server -> workers
+ENV_TASK = "PARSL_DRAGON_TASK"                          # worker -> MPI task: the server's task id
+ENV_RANK_REPORT = "PARSL_DRAGON_RANK_REPORT"            # worker -> MPI task: where failing ranks are noted
+# What a process needs to open a worker link to its server (workers, $PARSL_MPI_PREFIX, the radio).
+WORKER_LINK_VARS: Tuple[str, ...] = (ENV_WORKER_ADDRESS, ENV_WORKER_SECRET, ENV_WORKER_SERVER_KEY)
+
+# --- Timeouts (milliseconds; NO_LIMIT waits forever) -----------------------------------------
+NO_LIMIT = -1
+DEFAULT_STARTUP_TIMEOUT_MS = 300_000  # a block's job until its server answers
+DEFAULT_TIMEOUT_MS = 30_000           # one request to a server (handshake, status)
+# Base time for an MPI task's ranks to start; the server adds RANK_STARTUP_MS_PER_RANK per rank
+# (ProcessGroup start-up grows with the rank count and the node count).
+DEFAULT_RANK_STARTUP_TIMEOUT_MS = 60_000
+RANK_STARTUP_MS_PER_RANK = 10
+# Time a block's server waits, once it has published its connection file, for its driver to
+# connect; then it stops, so a block whose driver died during start-up does not hold the
+# allocation (the driver's watcher connects within a second of the file appearing).
+DEFAULT_OWNER_TIMEOUT_MS = 60_000
+
+
+def parse_timeout_ms(value: object, name: str) -> int:
+    """A timeout in milliseconds: a positive integer, or ``-1`` (:data:`NO_LIMIT`) for no limit.
+
+    ``name`` says where the value came from (an argument, a variable, a flag) for the error.
+    """
+    try:
+        ms = int(str(value).strip())
+    except ValueError as exc:
+        raise ConfigurationError(f"{name} must be an integer number of milliseconds or -1, got {value!r}") from exc
+    if ms == NO_LIMIT or ms > 0:
+        return ms
+    raise ConfigurationError(f"{name} must be > 0 (milliseconds) or -1 (no limit), got {ms}")
+
+
+def timeout_seconds(ms: int) -> Optional[float]:
+    """A timeout for a wait call: seconds, or ``None`` for :data:`NO_LIMIT`."""
+    return None if ms == NO_LIMIT else ms / 1000.0
+
+
+def parse_transport(value: object, name: str) -> str:
+    """One of :data:`TRANSPORTS` (case-insensitive)."""
+    transport = str(value).strip().lower()
+    if transport not in TRANSPORTS:
+        raise ConfigurationError(f"{name} must be one of {', '.join(TRANSPORTS)}; got {value!r}")
+    return transport
+
+
+def parse_pmi(value: object, name: str) -> str:
+    """One of :data:`PMI_BACKENDS`."""
+    if not isinstance(value, str) or value not in PMI_BACKENDS:
+        raise ConfigurationError(f"{name} must be one of {', '.join(PMI_BACKENDS)}, got {value!r}")
+    return value
