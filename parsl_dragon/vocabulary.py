@@ -94,3 +94,8 @@ def parse_pmi(value: object, name: str) -> str:
     if not isinstance(value, str) or value not in PMI_BACKENDS:
         raise ConfigurationError(f"{name} must be one of {', '.join(PMI_BACKENDS)}, got {value!r}")
     return value
+
+
+# --- A block's boot process (server/boot.py; parsl-dragon teardown waits for it) -------------
+BOOT_MODULE = "parsl_dragon.server.boot"  # `python -m BOOT_MODULE ...`: what a provider runs per block
+RUNTIME_STOP_GRACE_SECONDS = 10.0  # boot: from asking its runtime to stop to killing it

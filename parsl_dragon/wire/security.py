@@ -15,14 +15,16 @@ logged. A pair is made in a private temporary directory and its secret file
 hard-linked into place, so processes racing to make the first pair all end up
 using the one that won.
 
-Directories the driver and its servers share (server directories, block
-directories, the run directory's parts) are made with :func:`private_directory`,
-and files read from them pass :func:`check_trusted`: a file or directory that
-another user owns or can write, or a symlink, would let that user point us at a
-server of theirs, so it is refused with :class:`InsecurePath`.
+Directories the driver, its blocks and its servers share (server directories, block
+directories and their ``bin/``, the run directory's parts) are made, or tightened, to
+0700 with :func:`private_directory`, and files read from them pass
+:func:`check_trusted`: a file or directory that another user owns or can write, or a
+symlink, would let that user point us at a server of theirs, so it is refused with
+:class:`InsecurePath`.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -100,24 +102,39 @@ def check_trusted_directory(path: str, what: str = "directory") -> None:
 
 
 def private_directory(path: str) -> None:
-    """Make ``path`` (and missing parents) with the leaf exactly 0700, or refuse an existing one
-    that is not a directory we own and only we can write (:class:`InsecurePath`)."""
+    """Make ``path`` a directory only we can enter: made 0700 (with missing parents) if missing, an
+    existing one of ours tightened to exactly 0700.
+
+    Raises
+    ------
+    InsecurePath
+        ``path`` is a symlink or not a directory, another user owns it, or group or others can
+        write it: what they may have put there (a connection file, a ``bin/dragon``) would be
+        trusted. It is refused as it is, never changed.
+    """
     if not os.path.lexists(path):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         try:
-            os.mkdir(path, 0o700)
+            os.mkdir(path, 0o700)  # umask may narrow the mode: made exact below
         except FileExistsError:
             pass  # made meanwhile, by us or by someone else: checked below like any existing one
-        else:
-            _chmod_directory(path, 0o700)  # umask may have narrowed mkdir's mode; make it exact
     check_trusted_directory(path)
+    _tighten_directory(path)
 
 
-def _chmod_directory(path: str, mode: int) -> None:
-    """chmod the directory at ``path`` itself, never what a symlink put there meanwhile points to."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+def _tighten_directory(path: str) -> None:
+    """chmod 0700 the directory at ``path`` itself, checked once more through its descriptor: never
+    what a symlink put there since the check points to."""
     try:
-        os.fchmod(fd, mode)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
+            raise
+        raise InsecurePath(f"refusing directory {path}: it was replaced while being checked "
+                           f"({exc.strerror})") from exc
+    try:
+        check_trusted(path, os.fstat(fd), "directory", directory=True)
+        os.fchmod(fd, 0o700)
     finally:
         os.close(fd)
 

@@ -11,8 +11,8 @@ import pytest
 from parsl import python_app
 
 from parsl_dragon import ServerLost
-from parsl_dragon.cli import carries_token, is_running, parent_pid
-from parsl_dragon.server import boot
+from parsl_dragon.host import shm
+from parsl_dragon.host.processes import carries_token, is_running, parent_pid, processes_with_token
 from parsl_dragon.wire.connection import connection_path, read_connection
 
 
@@ -41,20 +41,20 @@ def start_server(load_dfk, tmp_path):
     load_dfk(server_path=server_dir)
     assert add(1, 2).result(timeout=180) == 3
     info = read_connection(connection_path(server_dir))
-    assert info.block_token and boot.processes_with_token(info.block_token)
+    assert info.block_token and processes_with_token(info.block_token)
     return server_dir, info
 
 
 def runtime_launcher(info):
     """The `dragon` launcher: the boot process's child carrying the block token."""
-    [launcher] = [pid for pid in boot.processes_with_token(info.block_token) if parent_pid(pid) == info.launcher_pid]
+    [launcher] = [pid for pid in processes_with_token(info.block_token) if parent_pid(pid) == info.launcher_pid]
     return launcher
 
 
 def assert_block_gone(server_dir, info, launcher):
     assert not os.path.exists(connection_path(server_dir)), "the connection file must be gone"
-    assert boot.processes_with_token(info.block_token) == [], "a process of the block survived"
-    assert glob.glob(boot.pool_prefix(launcher) + "*") == [], "the runtime's shm pools survived"
+    assert processes_with_token(info.block_token) == [], "a process of the block survived"
+    assert glob.glob(shm.pool_prefix(launcher) + "*") == [], "the runtime's shm pools survived"
     for pid in (info.pid, launcher):
         assert not carries_token(pid, info.block_token)
     assert not is_running(info.launcher_pid)
@@ -100,7 +100,7 @@ def test_teardown_after_boot_process_was_killed(load_dfk, tmp_path):
     launcher = runtime_launcher(info)
     os.kill(info.launcher_pid, signal.SIGKILL)  # the runtime is orphaned, nobody will clean up after it
     wait_gone(info.launcher_pid)
-    assert boot.processes_with_token(info.block_token)
+    assert processes_with_token(info.block_token)
 
     teardown = parsl_dragon("teardown", server_dir, "--timeout", "60")
     assert teardown.returncode == 0, teardown.stdout + teardown.stderr
@@ -111,7 +111,7 @@ def test_teardown_after_boot_process_was_killed(load_dfk, tmp_path):
 def test_forced_teardown_after_runtime_crash_cleans_processes_and_shm(load_dfk, tmp_path):
     server_dir, info = start_server(load_dfk, tmp_path)
     launcher = runtime_launcher(info)
-    assert glob.glob(boot.pool_prefix(launcher) + "*"), "the runtime's pools should exist while it runs"
+    assert glob.glob(shm.pool_prefix(launcher) + "*"), "the runtime's pools should exist while it runs"
     for pid in (info.launcher_pid, launcher):  # boot and the dragon launcher die: no one cleans up
         os.kill(pid, signal.SIGKILL)
         wait_gone(pid)

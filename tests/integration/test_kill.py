@@ -17,7 +17,8 @@ import pytest
 from parsl.executors.errors import BadStateException
 
 from parsl_dragon import ServerLost
-from parsl_dragon.server import boot
+from parsl_dragon.host.processes import process_stat, processes_with_token
+from parsl_dragon.host.shm import runtime_pool_files, shm_files_of
 from parsl_dragon.vocabulary import ENV_BLOCK_TOKEN
 from parsl_dragon.wire.connection import read_connection
 from tests import leaks
@@ -77,13 +78,13 @@ class BlockRuntime:
 
     def learn_pools(self) -> set:
         """The Dragon shm files the block's processes use now (remembered for the final check)."""
-        for pid in boot.processes_with_token(self.token):
-            self.pools |= {p for p in boot.shm_files_of(pid) if leaks.SHM_POOL_RE.match(os.path.basename(p))}
+        for pid in processes_with_token(self.token):
+            self.pools |= {p for p in shm_files_of(pid) if leaks.SHM_POOL_RE.match(os.path.basename(p))}
         return self.pools
 
     def leftovers(self) -> dict:
-        processes = boot.processes_with_token(self.token) + ([self.boot_pid] if _alive(self.boot_pid) else [])
-        pools = sorted(p for p in self.pools | set(boot.runtime_pool_files(self.launcher_pid)) if os.path.exists(p))
+        processes = processes_with_token(self.token) + ([self.boot_pid] if _alive(self.boot_pid) else [])
+        pools = sorted(p for p in self.pools | set(runtime_pool_files(self.launcher_pid)) if os.path.exists(p))
         return {kind: items for kind, items in (("processes", processes), ("shm", pools)) if items}
 
     def wait_gone(self, since: float) -> dict:
@@ -96,7 +97,7 @@ class BlockRuntime:
 
 
 def _alive(pid: int) -> bool:
-    state = boot.process_stat(pid)
+    state = process_stat(pid)
     return state is not None and state[0] not in ("Z", "X")
 
 

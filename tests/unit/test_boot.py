@@ -1,4 +1,5 @@
-"""Unit tests for the pure helpers of parsl_dragon.server.boot (no Dragon runtime is started)."""
+"""Unit tests for a block's boot process: parsl_dragon.server.boot, .bootdir and .runtime (no Dragon
+runtime is started: a shell script stands in for it)."""
 from __future__ import annotations
 
 import logging
@@ -14,8 +15,11 @@ import uuid
 
 import pytest
 
-from parsl_dragon.server import boot
-from parsl_dragon.vocabulary import ENV_BLOCK_TOKEN, ENV_NODES_PER_BLOCK
+from parsl_dragon.errors import InsecurePath
+from parsl_dragon.host import processes, shm
+from parsl_dragon.server import boot, bootdir, runtime
+from parsl_dragon.vocabulary import ENV_BLOCK_TOKEN, RUNTIME_STOP_GRACE_SECONDS
+from parsl_dragon.wire.security import private_directory
 
 
 def _write_executable(path, text="#!/bin/sh\nexit 0\n"):
@@ -185,26 +189,11 @@ def test_parser():
         boot.build_parser().parse_args(["--block-dir", "/b", "--transport", "udp"])
 
 
-# ---------------------------------------------------------------- shm pool names
-
-def test_pool_prefix_format():
-    uid3 = str(os.getuid())[-3:]
-    assert boot.pool_prefix(123456) == f"/dev/shm/DD{uid3}456"
-    assert boot.pool_prefix(42) == f"/dev/shm/DD{uid3}42"
-    assert boot.pool_prefix(1000) == f"/dev/shm/DD{uid3}000"
-
-
-def test_pool_prefix_matches_dragon_naming():
-    facts = pytest.importorskip("dragon.infrastructure.facts")
-    # dragon names pools after the creating process; the shm file is "D" + the pool name
-    name = facts.runtime_pool_name("inf")
-    assert ("/dev/shm/D" + name).startswith(boot.pool_prefix(os.getpid()))
-
-
-# ---------------------------------------------------------------- leftover processes
+# ---------------------------------------------------------------- stand-in processes; the cleanup shim
 
 @pytest.fixture
 def spawn():
+    """Start a ``sleep`` (a driver, a bystander), with or without a block token; reaped afterwards."""
     children = []
 
     def start(token=None, extra_env=None):
@@ -224,49 +213,11 @@ def spawn():
         child.wait(timeout=10)
 
 
-def test_processes_with_token_finds_only_carriers(spawn):
-    token = uuid.uuid4().hex
-    carrier = spawn(token)
-    second_carrier = spawn(token)
-    other_token = spawn(uuid.uuid4().hex)
-    longer_token = spawn(token + "0")  # not an exact match
-    in_other_var = spawn(extra_env={"UNRELATED": f"{ENV_BLOCK_TOKEN}={token}"})  # needle inside another value
-    no_token = spawn()
-    found = boot.processes_with_token(token)
-    assert sorted(found) == sorted([carrier.pid, second_carrier.pid])
-    for child in (other_token, longer_token, in_other_var, no_token):
-        assert child.pid not in found
-    assert os.getpid() not in found
-
-
-def test_processes_with_unknown_token_is_empty(spawn):
-    spawn(uuid.uuid4().hex)
-    assert boot.processes_with_token(uuid.uuid4().hex) == []
-
-
-def test_kill_leftovers_kills_carriers_only(spawn, caplog):
-    token = uuid.uuid4().hex
-    carrier = spawn(token)
-    bystander = spawn(uuid.uuid4().hex)
-    with caplog.at_level(logging.WARNING, logger="parsl_dragon.server.boot"):
-        killed = boot.kill_leftovers(token)
-    assert killed == [carrier.pid]
-    assert carrier.wait(timeout=10) == -signal.SIGKILL  # reaped here
-    assert bystander.poll() is None  # still running
-    assert any(str(carrier.pid) in r.getMessage() and "leftover" in r.getMessage() for r in caplog.records)
-    # once reaped the carrier is gone: nothing left to kill
-    assert boot.processes_with_token(token) == []
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="parsl_dragon.server.boot"):
-        assert boot.kill_leftovers(token) == []
-    assert not caplog.records
-
-
 def test_cleanup_shim_shadows_the_user_wide_dragon_cleanup(tmp_path, monkeypatch):
     import shutil
     import subprocess
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
-    env = boot.block_environment("tok", boot.cleanup_shim(str(tmp_path)))
+    env = boot.block_environment("tok", bootdir.cleanup_shim(str(tmp_path)))
     found = shutil.which("dragon-cleanup", path=env["PATH"])
     assert found == str(tmp_path / "bin" / "dragon-cleanup")
     done = subprocess.run([found, "--only-be"], capture_output=True, text=True, env=env)
@@ -281,12 +232,12 @@ def run_boot(tmp_path):
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
 
     def run(script, script_is_program=False, env=None, **kwargs):
-        runtime = _write_executable(tmp_path / "runtime", script if script_is_program else "#!/bin/sh\n" + script)
+        program = _write_executable(tmp_path / "runtime", script if script_is_program else "#!/bin/sh\n" + script)
         token = uuid.uuid4().hex
         env = dict(os.environ, ATTEMPTS=str(tmp_path / "attempts"), CONN=str(tmp_path / "connection.json"),
                    STOPPED=str(tmp_path / "stopped"), **{ENV_BLOCK_TOKEN: token}, **(env or {}))
-        runner = boot.Boot([str(runtime)], env, str(tmp_path / "dragon.log"), token,
-                           connection_file=str(tmp_path / "connection.json"), pause=0.1, **kwargs)
+        runner = runtime.Boot([str(program)], env, str(tmp_path / "dragon.log"), token,
+                              connection_file=str(tmp_path / "connection.json"), pause=0.1, **kwargs)
         return runner.run(), (tmp_path / "attempts").read_text().count("x") if (tmp_path / "attempts").exists() else 0
 
     yield run
@@ -295,7 +246,7 @@ def run_boot(tmp_path):
 
 
 def test_a_runtime_that_fails_before_the_server_is_started_once_more(run_boot, caplog):
-    with caplog.at_level(logging.WARNING, logger="parsl_dragon.server.boot"):
+    with caplog.at_level(logging.WARNING, logger="parsl_dragon.server.runtime"):
         code, attempts = run_boot('echo -n x >> "$ATTEMPTS"; [ "$(cat "$ATTEMPTS")" = xx ] && exit 0; exit 1\n')
     assert (code, attempts) == (0, 2), "the second start worked"
     assert "before the server came up (attempt 1 of 2)" in caplog.text
@@ -319,45 +270,46 @@ def test_server_flag_finds_the_value():
 
 # ---------------------------------------------------------------- block dir and shim (no symlinks followed)
 
-def test_private_directory_is_made_0700_and_a_looser_one_of_ours_is_tightened(tmp_path):
+def test_block_dir_is_made_0700_and_a_looser_bin_dir_of_ours_is_tightened(tmp_path):
     made = tmp_path / "block-0"
-    boot.private_directory(str(made))
+    private_directory(str(made))  # boot.main's first step
     assert stat.S_IMODE(made.stat().st_mode) == 0o700
-    loose = tmp_path / "loose"
+    loose = made / "bin"
     loose.mkdir(mode=0o755)
     os.chmod(loose, 0o755)
-    boot.private_directory(str(loose))
+    bootdir.cleanup_shim(str(made))
     assert stat.S_IMODE(loose.stat().st_mode) == 0o700
 
 
 @pytest.mark.parametrize("mode", [0o775, 0o757, 0o777])
-def test_private_directory_refuses_one_others_can_write(tmp_path, mode):
-    shared = tmp_path / "shared"
+def test_cleanup_shim_refuses_a_bin_dir_others_can_write(tmp_path, mode):
+    shared = tmp_path / "bin"
     shared.mkdir()
     os.chmod(shared, mode)
-    with pytest.raises(boot.UnsafeBlockDir, match="group or others"):
-        boot.private_directory(str(shared))
+    with pytest.raises(InsecurePath, match="group or others"):
+        bootdir.cleanup_shim(str(tmp_path))
     assert stat.S_IMODE(shared.stat().st_mode) == mode, "left as it was"
+    assert os.listdir(shared) == [], "no shim written into it"
 
 
-def test_private_directory_refuses_a_symlink_and_a_file(tmp_path):
+def test_block_dir_refuses_a_symlink_and_a_file(tmp_path):
     target = tmp_path / "elsewhere"
     target.mkdir(mode=0o700)
     (tmp_path / "link").symlink_to(target)
-    with pytest.raises(boot.UnsafeBlockDir, match="not a directory"):
-        boot.private_directory(str(tmp_path / "link"))
+    with pytest.raises(InsecurePath, match="symbolic link"):
+        private_directory(str(tmp_path / "link"))
     (tmp_path / "file").write_text("")
-    with pytest.raises(boot.UnsafeBlockDir, match="not a directory"):
-        boot.private_directory(str(tmp_path / "file"))
+    with pytest.raises(InsecurePath, match="not a directory"):
+        private_directory(str(tmp_path / "file"))
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a directory to another user")
-def test_private_directory_refuses_another_users(tmp_path):
-    theirs = tmp_path / "theirs"
+def test_cleanup_shim_refuses_a_bin_dir_of_another_user(tmp_path):
+    theirs = tmp_path / "bin"
     theirs.mkdir(mode=0o700)
     os.chown(theirs, 65534, 65534)
-    with pytest.raises(boot.UnsafeBlockDir, match="belongs to uid 65534"):
-        boot.private_directory(str(theirs))
+    with pytest.raises(InsecurePath, match="belongs to uid 65534"):
+        bootdir.cleanup_shim(str(tmp_path))
 
 
 def test_cleanup_shim_replaces_a_planted_symlink_instead_of_writing_through_it(tmp_path):
@@ -366,10 +318,10 @@ def test_cleanup_shim_replaces_a_planted_symlink_instead_of_writing_through_it(t
     block = tmp_path / "block"
     (block / "bin").mkdir(parents=True, mode=0o700)
     (block / "bin" / "dragon-cleanup").symlink_to(victim)
-    bindir = boot.cleanup_shim(str(block))
+    bindir = bootdir.cleanup_shim(str(block))
     shim = block / "bin" / "dragon-cleanup"
     assert victim.read_text() == "precious\n", "the shim was written through the symlink"
-    assert not shim.is_symlink() and shim.read_text() == boot.CLEANUP_SHIM
+    assert not shim.is_symlink() and shim.read_text() == bootdir.CLEANUP_SHIM
     assert stat.S_IMODE(shim.stat().st_mode) == 0o755
     assert stat.S_IMODE(os.stat(bindir).st_mode) == 0o700
     assert sorted(os.listdir(bindir)) == ["dragon-cleanup"], "no temporary file left"
@@ -381,8 +333,8 @@ def test_cleanup_shim_refuses_a_bin_dir_that_is_a_symlink(tmp_path):
     block = tmp_path / "block"
     block.mkdir(mode=0o700)
     (block / "bin").symlink_to(elsewhere)
-    with pytest.raises(boot.UnsafeBlockDir):
-        boot.cleanup_shim(str(block))
+    with pytest.raises(InsecurePath, match="symbolic link"):
+        bootdir.cleanup_shim(str(block))
     assert os.listdir(elsewhere) == []
 
 
@@ -403,66 +355,7 @@ def _no_dragon(*_args):
 # ---------------------------------------------------------------- following the driver
 
 def _ticks(pid):
-    return boot.process_stat(pid)[1]
-
-
-@pytest.fixture(params=["pidfd", "proc"])
-def watch(request, monkeypatch):
-    """DriverWatch with a pidfd, and without one (polling /proc), as boot started after the driver."""
-    if request.param == "proc":
-        monkeypatch.setattr(boot, "_pidfd", lambda pid: None)
-    watches = []
-
-    def make(pid):
-        watches.append(boot.DriverWatch(pid, boot_started=_ticks(pid) + 1))
-        return watches[-1]
-
-    yield make
-    for made in watches:
-        made.close()
-
-
-def test_driver_watch_sees_the_driver_run_then_exit(spawn, watch):
-    driver = spawn()
-    watcher = watch(driver.pid)
-    assert watcher.gone() is None
-    driver.kill()
-    driver.wait()
-    assert str(driver.pid) in watcher.gone()
-
-
-def test_driver_watch_sees_a_killed_driver_nobody_reaped(spawn, watch):
-    driver = spawn()
-    watcher = watch(driver.pid)
-    driver.kill()  # a zombie until reaped
-    deadline = time.monotonic() + 10
-    while watcher.gone() is None:
-        assert time.monotonic() < deadline, "a dead, unreaped driver was taken for alive"
-        time.sleep(0.05)
-    driver.wait()
-
-
-def test_driver_gone_before_boot_started(spawn):
-    driver = spawn()
-    driver.kill()
-    driver.wait()
-    assert "does not exist" in boot.DriverWatch(driver.pid).gone()
-
-
-def test_a_pid_that_started_after_boot_is_not_the_driver(spawn):
-    reused = spawn()  # stands for a new process that got the dead driver's pid after boot started
-    watcher = boot.DriverWatch(reused.pid, boot_started=_ticks(reused.pid) - 1)
-    assert "reused" in watcher.gone()
-    watcher.close()
-
-
-def test_driver_pid_reused_while_boot_runs(spawn, monkeypatch):
-    monkeypatch.setattr(boot, "_pidfd", lambda pid: None)
-    driver = spawn()
-    watcher = boot.DriverWatch(driver.pid, boot_started=_ticks(driver.pid) + 1)
-    real = boot.process_stat
-    monkeypatch.setattr(boot, "process_stat", lambda pid: ("S", real(pid)[1] + 500))  # same pid, later start
-    assert "another process" in watcher.gone()
+    return processes.process_stat(pid)[1]
 
 
 def test_parser_takes_the_driver_pid():
@@ -479,8 +372,8 @@ def test_boot_stops_the_runtime_when_the_driver_is_gone(run_boot, spawn, tmp_pat
     driver = spawn()
     threading.Timer(1.0, driver.kill).start()
     started = time.monotonic()
-    with caplog.at_level(logging.INFO, logger="parsl_dragon.server.boot"):
-        code, attempts = run_boot(STOPPABLE, driver=boot.DriverWatch(driver.pid, _ticks(driver.pid) + 1))
+    with caplog.at_level(logging.INFO, logger="parsl_dragon.server.runtime"):
+        code, attempts = run_boot(STOPPABLE, driver=processes.DriverWatch(driver.pid, _ticks(driver.pid) + 1))
     assert (code, attempts) == (0, 1)
     assert (tmp_path / "stopped").read_text() == "stopped\n", "the runtime was asked to stop (SIGINT)"
     assert time.monotonic() - started < 5
@@ -490,7 +383,7 @@ def test_boot_stops_the_runtime_when_the_driver_is_gone(run_boot, spawn, tmp_pat
 
 def test_a_stop_signal_stops_the_runtime_the_same_way(run_boot, tmp_path, caplog):
     threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()  # Boot's handler is ours meanwhile
-    with caplog.at_level(logging.INFO, logger="parsl_dragon.server.boot"):
+    with caplog.at_level(logging.INFO, logger="parsl_dragon.server.runtime"):
         assert run_boot(STOPPABLE) == (0, 1)
     assert (tmp_path / "stopped").read_text() == "stopped\n"
     assert "Received SIGTERM: stopping the runtime" in caplog.text
@@ -500,15 +393,15 @@ def test_boot_does_not_start_a_runtime_for_a_driver_already_gone(run_boot, spawn
     driver = spawn()
     driver.kill()
     driver.wait()
-    with caplog.at_level(logging.INFO, logger="parsl_dragon.server.boot"):
-        assert run_boot(STOPPABLE, driver=boot.DriverWatch(driver.pid)) == (0, 0)
+    with caplog.at_level(logging.INFO, logger="parsl_dragon.server.runtime"):
+        assert run_boot(STOPPABLE, driver=processes.DriverWatch(driver.pid)) == (0, 0)
     assert "does not exist" in caplog.text and "not starting the runtime" in caplog.text
 
 
 def test_boot_kills_a_runtime_that_ignores_the_stop(run_boot, spawn, monkeypatch):
-    monkeypatch.setattr(boot, "STARTUP_STOP_GRACE_SECONDS", 0.5)
+    monkeypatch.setattr(runtime, "STARTUP_STOP_GRACE_SECONDS", 0.5)
     driver = spawn()
-    watcher = boot.DriverWatch(driver.pid, _ticks(driver.pid) + 1)
+    watcher = processes.DriverWatch(driver.pid, _ticks(driver.pid) + 1)
     threading.Timer(0.5, driver.kill).start()
     deaf = 'echo -n x >> "$ATTEMPTS"; trap "" INT; while :; do sleep 0.1; done\n'
     assert run_boot(deaf, driver=watcher) == (-signal.SIGKILL, 1)
@@ -529,112 +422,21 @@ def test_boot_asks_a_running_server_to_stop(run_boot, spawn, tmp_path):
     driver = spawn()
     threading.Timer(0.6, driver.kill).start()
     started = time.monotonic()
-    assert run_boot(RUNTIME_WITH_A_SERVER, driver=boot.DriverWatch(driver.pid, _ticks(driver.pid) + 1)) == (0, 1)
+    assert run_boot(RUNTIME_WITH_A_SERVER, driver=processes.DriverWatch(driver.pid, _ticks(driver.pid) + 1)) == (0, 1)
     assert (tmp_path / "stopped").read_text() == "server-stopped\n", "SIGTERM to the server, no SIGINT to dragon"
-    assert time.monotonic() - started < boot.STOP_GRACE_SECONDS
+    assert time.monotonic() - started < RUNTIME_STOP_GRACE_SECONDS
     driver.wait()
 
 
 def test_a_pid_in_the_connection_file_without_the_token_is_not_signalled(run_boot, spawn, tmp_path, monkeypatch):
-    monkeypatch.setattr(boot, "STOP_GRACE_SECONDS", 0.5)
+    monkeypatch.setattr(runtime, "RUNTIME_STOP_GRACE_SECONDS", 0.5)
     bystander, driver = spawn(), spawn()
     threading.Timer(0.6, driver.kill).start()
     code, _ = run_boot(RUNTIME_WITH_A_SERVER, env={"SERVER_PID": str(bystander.pid)},
-                       driver=boot.DriverWatch(driver.pid, _ticks(driver.pid) + 1))
+                       driver=processes.DriverWatch(driver.pid, _ticks(driver.pid) + 1))
     assert code == -signal.SIGKILL, "nothing asked would stop it: killed after the grace period"
     assert bystander.poll() is None, "a process without the block token was signalled"
     driver.wait()
-
-
-# ---------------------------------------------------------------- exact shm pools
-
-@pytest.fixture
-def shm(tmp_path, monkeypatch):
-    """Pools in ``tmp_path/shm`` under boot's naming (never the real /dev/shm); no live launchers."""
-    directory = tmp_path / "shm"
-    directory.mkdir()
-    uid3 = str(os.getuid())[-3:]
-    monkeypatch.setattr(boot, "pool_prefix", lambda pid: str(directory / f"DD{uid3}{str(pid)[-3:]}"))
-    monkeypatch.setattr(boot, "_dragon_launchers", lambda: [])
-    monkeypatch.delenv("USER", raising=False)
-
-    def make(*names):
-        for name in names:
-            (directory / name).write_text("")
-        return [str(directory / name) for name in names]
-
-    make.dir = directory
-    return make
-
-
-def test_pools_of_a_pid_that_is_a_prefix_of_another_are_kept(shm):
-    uid3 = str(os.getuid())[-3:]
-    ours = shm(f"DD{uid3}42def0D", f"DD{uid3}42def0M", f"DD{uid3}42inf0D", f"DD{uid3}42log_0M")
-    theirs = shm(f"DD{uid3}423def0D", f"DD{uid3}423inf0M", f"DD{uid3}4210def0D")
-    assert boot.runtime_pool_files(42) == sorted(ours)
-    assert sorted(boot.remove_pools(42)) == sorted(ours)
-    assert all(os.path.exists(p) for p in theirs), "another runtime's pools were removed"
-
-
-def test_only_dragons_runtime_pool_names_are_matched(shm):
-    uid3 = str(os.getuid())[-3:]
-    shm(f"DD{uid3}042def0D.bak", f"DD{uid3}042xyz0D", f"DD{uid3}042def", f"DD{uid3}042defD", "sem.DD0042def0D")
-    assert boot.runtime_pool_files(1042) == []
-
-
-def test_the_logging_pool_is_named_after_user(shm, monkeypatch):
-    monkeypatch.setenv("USER", "alice")
-    [pool] = shm("DDice777log_0D")
-    assert boot.runtime_pool_files(5777) == [pool]
-
-
-def test_pool_names_match_dragons_own(shm):
-    facts = pytest.importorskip("dragon.infrastructure.facts")
-    names = [facts.runtime_pool_name(suffix) + "0" + kind
-             for suffix in (facts.INFRASTRUCTURE_POOL_SUFFIX, facts.DEFAULT_POOL_SUFFIX) for kind in "MD"]
-    pools = shm(*["D" + name for name in names])
-    assert boot.runtime_pool_files(os.getpid()) == sorted(pools)
-
-
-def test_known_pools_are_removed_and_pools_in_use_kept(shm, tmp_path):
-    [learned] = shm("DD4611686018427387904")  # a pool with a name only its users knew
-    [mapped] = shm(f"DD{str(os.getuid())[-3:]}{str(os.getpid())[-3:]}def0D")
-    holder = subprocess.Popen([sys.executable, "-c", "import mmap, sys, time; f = open(sys.argv[1], 'r+b'); "
-                               "f.write(b'x'); f.flush(); m = mmap.mmap(f.fileno(), 1); f.close(); "
-                               "print('ready', flush=True); time.sleep(60)", mapped],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "ready"
-        assert boot.remove_pools(os.getpid(), known=[learned]) == [learned]
-        assert os.path.exists(mapped), "a pool another live process maps was removed"
-        assert boot.remove_pools(os.getpid(), exclude=[holder.pid]) == [mapped], "the runtime's own dying process"
-    finally:
-        holder.kill()
-        holder.wait()
-
-
-def test_named_pools_older_than_the_runtime_are_kept(shm):
-    [old] = shm(f"DD{str(os.getuid())[-3:]}777def0D")
-    assert boot.remove_pools(1777, created_after=time.time() + 60) == []
-    assert os.path.exists(old)
-
-
-def test_shm_files_of_a_process_are_those_it_maps_or_holds_open(tmp_path, monkeypatch):
-    monkeypatch.setattr(boot, "SHM_DIR", str(tmp_path))  # never the real /dev/shm others' leak checks watch
-    path, held = str(tmp_path / "DDmapped"), str(tmp_path / "DDopen")
-    code = ("import mmap, sys, time; f = open(sys.argv[1], 'w+b'); f.write(b'x'); f.flush(); "
-            "m = mmap.mmap(f.fileno(), 1); f.close(); g = open(sys.argv[2], 'w'); print('ready', flush=True); "
-            "time.sleep(60)")
-    holder = subprocess.Popen([sys.executable, "-c", code, path, held], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "ready"
-        assert boot.shm_files_of(holder.pid) == {path, held}
-        assert boot.files_in_use([path, held, str(tmp_path / "nobody-uses-this")]) == {path, held}
-        assert boot.files_in_use([path, held], exclude=[holder.pid]) == set()
-    finally:
-        holder.kill()
-        holder.wait()
-    assert boot.shm_files_of(holder.pid) == set()
 
 
 RUNTIME_WITH_A_POOL = """#!{python}
@@ -649,9 +451,9 @@ os._exit(9)   # dies holding the pool, as a SIGKILLed runtime does
 
 
 def test_boot_removes_the_pools_its_runtime_used(run_boot, tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(boot, "SHM_DIR", str(tmp_path))  # never the real /dev/shm others' leak checks watch
+    monkeypatch.setattr(shm, "SHM_DIR", str(tmp_path))  # never the real /dev/shm others' leak checks watch
     pool = str(tmp_path / "DDparsldragontest")  # no name Dragon's scheme would derive from a pid
-    with caplog.at_level(logging.INFO, logger="parsl_dragon.server.boot"):
+    with caplog.at_level(logging.INFO, logger="parsl_dragon.server.runtime"):
         assert run_boot(RUNTIME_WITH_A_POOL.format(python=sys.executable), script_is_program=True,
                         env={"POOL": pool}) == (9, 1)
     assert not os.path.exists(pool), "the runtime's pool outlived it"

@@ -17,7 +17,10 @@ import pytest
 import zmq
 
 from parsl_dragon import cli
-from parsl_dragon.server import boot
+from parsl_dragon.cli import discover, sessions, status, teardown
+from parsl_dragon.cli.block import wait_until
+from parsl_dragon.host import shm
+from parsl_dragon.host.processes import carries_token, processes_with_token
 from parsl_dragon.server.auth import CLIENT_DOMAIN, start_authenticator
 from parsl_dragon.vocabulary import ENV_BLOCK_TOKEN
 from parsl_dragon.wire import protocol as p
@@ -58,7 +61,7 @@ def _dead_pid() -> int:
 
 
 def wait_for(condition, timeout=5.0):
-    return cli.wait_until(condition, timeout, 0.02)
+    return wait_until(condition, timeout, 0.02)
 
 
 def run(capsys, *argv):
@@ -96,11 +99,11 @@ def spawn():
 @pytest.fixture
 def fake_shm(tmp_path, monkeypatch):
     """Pools live in ``tmp_path/shm`` (never the real /dev/shm) under boot's naming."""
-    shm = tmp_path / "shm"
-    shm.mkdir()
-    monkeypatch.setattr(boot, "pool_prefix", lambda pid: str(shm / f"DD{str(os.getuid())[-3:]}{str(pid)[-3:]}"))
-    monkeypatch.setattr(boot, "_dragon_launchers", lambda: [])
-    return shm
+    directory = tmp_path / "shm"
+    directory.mkdir()
+    monkeypatch.setattr(shm, "pool_prefix", lambda pid: str(directory / f"DD{str(os.getuid())[-3:]}{str(pid)[-3:]}"))
+    monkeypatch.setattr(shm, "_dragon_launchers", lambda: [])
+    return directory
 
 
 class FakeServer:
@@ -176,15 +179,15 @@ def test_a_command_is_required(capsys):
 
 def test_status_defaults():
     args = cli.build_parser().parse_args(["status"])
-    assert (args.paths, args.json, args.timeout, args.key_path) == ([], False, cli.HANDSHAKE_TIMEOUT, None)
-    assert args.run is cli.cmd_status
+    assert (args.paths, args.json, args.timeout, args.key_path) == ([], False, sessions.HANDSHAKE_TIMEOUT, None)
+    assert args.run is status.cmd_status
 
 
 def test_teardown_arguments():
     args = cli.build_parser().parse_args(["teardown", "a", "b/c", "--force", "--timeout", "2.5", "--key-path", "k"])
     assert (args.paths, args.force, args.timeout, args.key_path) == (["a", "b/c"], True, 2.5, "k")
-    assert args.run is cli.cmd_teardown
-    assert cli.build_parser().parse_args(["teardown"]).timeout == cli.TEARDOWN_TIMEOUT
+    assert args.run is teardown.cmd_teardown
+    assert cli.build_parser().parse_args(["teardown"]).timeout == teardown.TEARDOWN_TIMEOUT
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "soon"])
@@ -203,10 +206,20 @@ def test_missing_path_is_a_usage_error(tmp_path, capsys):
 
 def test_key_path_precedence(monkeypatch, tmp_path):
     monkeypatch.setenv("PARSL_DRAGON_KEY_PATH", str(tmp_path / "env"))
-    assert cli.client_key_path(str(tmp_path / "arg")) == str(tmp_path / "arg")
-    assert cli.client_key_path(None) == str(tmp_path / "env")
+    assert sessions.client_key_path(str(tmp_path / "arg")) == str(tmp_path / "arg")
+    assert sessions.client_key_path(None) == str(tmp_path / "env")
     monkeypatch.delenv("PARSL_DRAGON_KEY_PATH")
-    assert cli.client_key_path(None) == os.path.expanduser("~/.parsl_dragon/keys")
+    assert sessions.client_key_path(None) == os.path.expanduser("~/.parsl_dragon/keys")
+
+
+def test_runs_as_a_module_without_importing_the_server():
+    """`python -m parsl_dragon.cli` works, and the CLI (login-node side) never loads parsl_dragon.server."""
+    done = subprocess.run([sys.executable, "-m", "parsl_dragon.cli", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("usage: parsl-dragon"), done.stderr
+    check = ("import sys, parsl_dragon.cli; "
+             "print([m for m in sys.modules if m.startswith(('parsl_dragon.server', 'dragon'))])")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
 # ---------------------------------------------------------------- discovery
@@ -218,7 +231,7 @@ def test_finds_connection_files_in_nested_directories(tmp_path):
         _write(directory, _info())
     (tmp_path / "runinfo" / "000" / "other.json").write_text("{}")
     os.symlink(shallow, tmp_path / "runinfo" / "link-to-shared")  # not followed
-    found = cli.find_connection_files([str(tmp_path)])
+    found = discover.find_connection_files([str(tmp_path)])
     assert found == sorted([str(deep / "connection.json"), str(shallow / "connection.json"),
                             str(tmp_path / "runinfo/001/dragon/block-1/connection.json")])
 
@@ -228,13 +241,13 @@ def test_explicit_file_and_overlapping_paths_count_once(tmp_path):
     other = tmp_path / "b" / "server.json"
     other.parent.mkdir()
     write_connection(str(other), _info())  # any name when given explicitly
-    assert cli.find_connection_files([path, str(tmp_path), str(tmp_path / "a"), str(other)]) == [path, str(other)]
+    assert discover.find_connection_files([path, str(tmp_path), str(tmp_path / "a"), str(other)]) == [path, str(other)]
 
 
 def test_default_paths(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    assert cli.default_paths({}) == [str(tmp_path / "runinfo")]
-    assert cli.default_paths({"PARSL_DRAGON_SERVER_PATH": "/srv/x "}) == ["/srv/x", str(tmp_path / "runinfo")]
+    assert discover.default_paths({}) == [str(tmp_path / "runinfo")]
+    assert discover.default_paths({"PARSL_DRAGON_SERVER_PATH": "/srv/x "}) == ["/srv/x", str(tmp_path / "runinfo")]
 
 
 def test_default_paths_are_searched(monkeypatch, tmp_path, capsys):
@@ -382,7 +395,7 @@ def test_missing_key_directory_is_a_configuration_error(tmp_path, capsys, fake_s
 
 
 def test_format_age():
-    ages = [cli.format_age(s) for s in (0, 59.9, 61, 3600, 3 * 86400 + 7200)]
+    ages = [status.format_age(s) for s in (0, 59.9, 61, 3600, 3 * 86400 + 7200)]
     assert ages == ["0s", "59s", "1m01s", "1h00m", "3d02h"]
 
 
@@ -405,7 +418,7 @@ def test_teardown_without_token_in_file_signals_nothing(tmp_path, capsys, spawn,
     block_dir = tmp_path / "block-0"
     block_dir.mkdir()
     (block_dir / "boot.log").write_text(f"... INFO Started dragon (pid {survivor.pid}): dragon -s ...\n")
-    pool = boot.pool_prefix(survivor.pid) + "def0M"
+    pool = shm.pool_prefix(survivor.pid) + "def0M"
     open(pool, "w").close()
     path = _write(tmp_path, _info(pid=survivor.pid, block_token=None, log_path=str(block_dir / "server.log")))
     code, out, _ = run(capsys, "teardown", str(tmp_path), "--force")
@@ -436,9 +449,9 @@ def test_teardown_escalates_to_sigkill(tmp_path, capsys, spawn, monkeypatch):
     token = uuid.uuid4().hex
     stubborn = spawn([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
                                             "print('ready', flush=True); time.sleep(300)"], token=token)
-    wait_for(lambda: cli.carries_token(stubborn.pid, token))
+    wait_for(lambda: carries_token(stubborn.pid, token))
     time.sleep(0.5)  # let it install the handler
-    monkeypatch.setattr(cli, "TERM_GRACE", 1.0)
+    monkeypatch.setattr(teardown, "TERM_GRACE", 1.0)
     _write(tmp_path, _info(pid=stubborn.pid, block_token=token))
     code, out, _ = run(capsys, "teardown", str(tmp_path), "--force")
     assert code == 0, out
@@ -453,35 +466,24 @@ def test_teardown_signals_boot_process_proven_by_its_token_child(tmp_path, capsy
     # boot module and the block dir, as the real one's does.
     fake_boot = spawn(["sh", "-c", f"{ENV_BLOCK_TOKEN}={token} sleep 300 & wait",
                        "parsl_dragon.server.boot", str(block_dir)])
-    assert wait_for(lambda: len(boot.processes_with_token(token)) == 1)
-    [runtime] = boot.processes_with_token(token)
+    assert wait_for(lambda: len(processes_with_token(token)) == 1)
+    [runtime] = processes_with_token(token)
     _write(tmp_path, _info(pid=runtime, launcher_pid=fake_boot.pid, block_token=token,
                            log_path=str(block_dir / "server.log")))
     code, out, err = run(capsys, "teardown", str(tmp_path), "--force")
     assert code == 0, out + err
     assert f"sent SIGTERM to boot process {fake_boot.pid}" in out
     assert fake_boot.wait(timeout=5) == -signal.SIGTERM
-    assert wait_for(lambda: not boot.processes_with_token(token))
-
-
-def test_process_handle_refuses_unproven_pid(spawn):
-    bystander = spawn()
-    assert cli.ProcessHandle.open(bystander.pid, lambda pid: False) is None
-    assert cli.ProcessHandle.open(_dead_pid(), lambda pid: True) is None
-    handle = cli.ProcessHandle.open(bystander.pid, lambda pid: True)
-    bystander.kill()
-    bystander.wait()
-    assert handle.send(signal.SIGTERM) is False  # the pidfd still names the reaped process, not a new one
-    handle.close()
+    assert wait_for(lambda: not processes_with_token(token))
 
 
 # ---------------------------------------------------------------- teardown: shm and files
 
 def test_teardown_removes_pools_of_a_dead_launcher_from_boot_log(tmp_path, capsys, fake_shm):
     launcher = _dead_pid()
-    prefix = boot.pool_prefix(launcher)
+    prefix = shm.pool_prefix(launcher)
     pools = [f"{prefix}def0M", f"{prefix}inf0D"]
-    unrelated = boot.pool_prefix(launcher + 1) + "def0M"
+    unrelated = shm.pool_prefix(launcher + 1) + "def0M"
     for path in pools + [unrelated]:
         open(path, "w").close()
     block_dir = tmp_path / "block-0"
@@ -495,10 +497,10 @@ def test_teardown_removes_pools_of_a_dead_launcher_from_boot_log(tmp_path, capsy
 
 
 def test_pools_shared_with_a_live_launcher_are_kept(fake_shm, monkeypatch):
-    pool = boot.pool_prefix(12478) + "def0M"
+    pool = shm.pool_prefix(12478) + "def0M"
     open(pool, "w").close()
-    monkeypatch.setattr(boot, "_dragon_launchers", lambda: [3478])  # same last 3 digits, still alive
-    assert cli.remove_pools(12478) == ([], [pool])
+    monkeypatch.setattr(shm, "_dragon_launchers", lambda: [3478])  # same last 3 digits, still alive
+    assert teardown.remove_pools(12478) == ([], [pool])
     assert os.path.exists(pool)
 
 

@@ -31,7 +31,7 @@ from typeguard import TypeCheckError
 
 from parsl_dragon.driver.launchers import DragonLauncher, check_launcher, default_launcher
 from parsl_dragon.errors import ConfigurationError
-from parsl_dragon.server import address, boot
+from parsl_dragon.server import address, boot, bootdir
 from parsl_dragon.vocabulary import ENV_NODES_PER_BLOCK
 
 BOOT = "/venv/bin/python -m parsl_dragon.server.boot --block-dir /run/block-0 --transport auto -- --block-id 0"
@@ -220,23 +220,24 @@ def test_site_config_renders_a_one_runtime_job_script(path, monkeypatch, tmp_pat
 
 def test_a_second_boot_of_the_same_block_exits(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(logging, "basicConfig", lambda **kwargs: None)  # main() configures logging
-    held = boot.take_block_lock(str(tmp_path))
+    held = bootdir.take_block_lock(str(tmp_path))
     assert held is not None
     try:
-        assert boot.take_block_lock(str(tmp_path)) is None
+        assert bootdir.take_block_lock(str(tmp_path)) is None
         code = boot.main(["--block-dir", str(tmp_path), "--transport", "tcp", "--", "--block-id", "0"])
         assert code == boot.DUPLICATE_EXIT
         assert "another boot of this block already runs" in capsys.readouterr().err
     finally:
         held.close()
-    again = boot.take_block_lock(str(tmp_path))
+    again = bootdir.take_block_lock(str(tmp_path))
     assert again is not None, "the lock is free once its holder is gone"
     again.close()
 
 
 def test_block_size_mismatch_is_logged(caplog):
     with caplog.at_level(logging.WARNING, logger="parsl_dragon.server.boot"):
-        boot.check_block_size({ENV_NODES_PER_BLOCK: "2", "PBS_JOBID": "1", "SLURM_JOB_ID": "5", "SLURM_JOB_NUM_NODES": "1"})
+        boot.check_block_size({ENV_NODES_PER_BLOCK: "2", "PBS_JOBID": "1", "SLURM_JOB_ID": "5",
+                               "SLURM_JOB_NUM_NODES": "1"})
     assert "asked for 2 nodes but the allocation has 1" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="parsl_dragon.server.boot"):

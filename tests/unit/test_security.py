@@ -258,13 +258,32 @@ def test_private_directory_mode_is_exact_even_under_a_umask_masking_the_owner(tm
     assert _mode(tmp_path / "leaf") == 0o700
 
 
-def test_private_directory_accepts_our_own_directory_as_it_is(tmp_path):
+def test_private_directory_accepts_our_own_directory_and_tightens_it_to_0700(tmp_path):
     path = tmp_path / "runinfo"
     path.mkdir()
     os.chmod(path, 0o755)
     security.private_directory(str(path))
+    assert _mode(path) == 0o700  # ours, so accepted; what it holds is nobody else's business
     security.private_directory(str(path))
-    assert _mode(path) == 0o755  # readable by others is fine; only writes are a threat
+    assert _mode(path) == 0o700
+
+
+def test_private_directory_replaced_by_a_symlink_after_the_check_is_refused(tmp_path, monkeypatch):
+    path, elsewhere = tmp_path / "block", tmp_path / "elsewhere"
+    path.mkdir(mode=0o700)
+    elsewhere.mkdir(mode=0o755)
+    os.chmod(elsewhere, 0o755)
+    real_check = security.check_trusted_directory
+
+    def check_then_swap(target, what="directory"):
+        real_check(target, what)
+        os.rmdir(target)
+        os.symlink(elsewhere, target)  # someone swaps it between our check and our chmod
+
+    monkeypatch.setattr(security, "check_trusted_directory", check_then_swap)
+    with pytest.raises(InsecurePath, match="replaced while being checked"):
+        security.private_directory(str(path))
+    assert _mode(elsewhere) == 0o755, "the chmod followed the symlink"
 
 
 @pytest.mark.parametrize("mode", [0o775, 0o757, 0o777, 0o1777, 0o720])
