@@ -2,7 +2,8 @@
 
 The server owns one :class:`SlotTable` per allocation and feeds it events; every
 event method returns the actions that follow from it (placements to launch, tasks
-lost, tasks dropped). It imports neither zmq nor dragon.
+dropped). It imports neither zmq nor dragon. A :class:`Placement` travels from the
+server to the task's worker in its wire form (:meth:`Placement.to_wire`).
 
 Model
 -----
@@ -50,8 +51,9 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import math
-from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
+from dataclasses import dataclass
+from reprlib import repr as _show  # bounded: a placement may come from the wire
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 Shape = Tuple[int, int, int]  # (num_nodes, cores per node, gpus per node)
 
@@ -112,40 +114,54 @@ class Placement:
     """Where a task runs: ``hosts[0]`` is the node whose worker runs the task.
 
     ``cores[i]`` / ``gpus[i]`` are the ids reserved on ``hosts[i]``: ``ranks_per_node``
-    consecutive groups of ``cpus_per_rank`` cores (and ``gpus_per_rank`` GPUs).
+    consecutive groups of ``cpus_per_rank`` cores (and ``gpus_per_rank`` GPUs), as the
+    task's spec says. The slot table makes valid placements; :meth:`from_wire` checks one
+    that arrives from elsewhere.
     """
 
     task_id: int
     hosts: Tuple[str, ...]
     cores: Tuple[Tuple[int, ...], ...]
     gpus: Tuple[Tuple[int, ...], ...]
-    ranks_per_node: int = 1
 
-    @property
-    def num_ranks(self) -> int:
-        return len(self.hosts) * self.ranks_per_node
-
-    def to_dict(self) -> Dict[str, list]:
-        """JSON-safe ``{"hosts": [...], "cores": [[...]], "gpus": [[...]]}`` (the server's wire form)."""
+    def to_wire(self) -> Dict[str, list]:
+        """JSON-safe ``{"hosts": [...], "cores": [[...]], "gpus": [[...]]}``; the task id travels beside it."""
         return {"hosts": list(self.hosts), "cores": [list(c) for c in self.cores],
                 "gpus": [list(g) for g in self.gpus]}
 
-    def rank_slots(self) -> List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]]:
-        """``(host, core ids, gpu ids)`` per rank, block order (ranks 0..ppn-1 on hosts[0], ...)."""
-        slots = []
-        for host, cores, gpus in zip(self.hosts, self.cores, self.gpus):
-            c, g = len(cores) // self.ranks_per_node, len(gpus) // self.ranks_per_node
-            for r in range(self.ranks_per_node):
-                slots.append((host, cores[r * c:(r + 1) * c], gpus[r * g:(r + 1) * g]))
-        return slots
+    @classmethod
+    def from_wire(cls, task_id: int, data: Any) -> "Placement":
+        """Check a wire form and rebuild the placement of task ``task_id``.
+
+        Raises
+        ------
+        ValueError
+            Naming the field: not exactly ``hosts``, ``cores`` and ``gpus``; no host, a host
+            twice or not a name; not one list of distinct ids >= 0 per host, as many on every
+            host (at least one core).
+        """
+        _check_int("task_id", task_id, None)
+        if not isinstance(data, dict) or set(data) != {"hosts", "cores", "gpus"}:
+            got = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"a placement must be an object of hosts, cores and gpus; got {got}")
+        hosts = data["hosts"]
+        if not isinstance(hosts, list) or not hosts or not all(isinstance(h, str) and h for h in hosts) \
+                or len(set(hosts)) != len(hosts):
+            raise ValueError(f"placement 'hosts' must be a non-empty list of distinct host names, got {_show(hosts)}")
+        return cls(task_id, tuple(hosts), _id_lists("cores", data["cores"], len(hosts), 1),
+                   _id_lists("gpus", data["gpus"], len(hosts), 0))
 
 
-class NodeRemoval(NamedTuple):
-    """Actions after a node is lost."""
-
-    lost: List[int]            # running tasks that had ranks or their worker there (now gone)
-    unplaceable: List[int]     # queued tasks that can no longer fit anywhere (dropped)
-    started: List[Placement]   # queued tasks that start now
+def _id_lists(name: str, value: Any, hosts: int, least: int) -> Tuple[Tuple[int, ...], ...]:
+    """``value`` as one tuple of distinct ids >= 0 per host, as many (>= ``least``) on each."""
+    if not isinstance(value, list) or len(value) != hosts or not all(isinstance(ids, list) for ids in value):
+        raise ValueError(f"placement {name!r} must hold one list of ids per host ({hosts}), got {_show(value)}")
+    for ids in value:
+        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids) \
+                or len(set(ids)) != len(ids) or len(ids) < least or len(ids) != len(value[0]):
+            raise ValueError(f"placement {name!r}: each host needs as many distinct ids >= 0 as the first "
+                             f"(at least {least}), got {_show(value)}")
+    return tuple(tuple(ids) for ids in value)
 
 
 class Cancellation(NamedTuple):
@@ -161,7 +177,6 @@ class _Node:
     free_cores: List[int]
     free_gpus: List[int]
     busy_workers: int = 0
-    tasks: Set[int] = field(default_factory=set)
 
     @property
     def has_idle_worker(self) -> bool:
@@ -234,7 +249,7 @@ class SlotTable:
         self._queued: Dict[int, _Queued] = {}
         self._lanes: Dict[Shape, List[Tuple[int, int, int]]] = {}  # heaps of (priority, seq, task_id)
         self._seq = 0
-        self._fits: Dict[Shape, bool] = {}  # can_ever_fit cache, cleared when nodes change
+        self._fits: Dict[Shape, bool] = {}  # _shape_fits cache (nodes change only here, in _add)
         for slots in nodes:
             self._add(slots)
 
@@ -244,49 +259,21 @@ class SlotTable:
         return len(self._queued)
 
     @property
-    def running(self) -> int:
-        return len(self._running)
-
-    @property
     def nodes(self) -> Tuple[NodeSlots, ...]:
         return tuple(n.slots for n in self._nodes.values())
-
-    def free_cores(self, hostname: str) -> int:
-        return len(self._nodes[hostname].free_cores)
-
-    def free_gpus(self, hostname: str) -> int:
-        return len(self._nodes[hostname].free_gpus)
-
-    def idle_workers(self, hostname: str) -> int:
-        node = self._nodes[hostname]
-        return max(0, node.slots.workers - node.busy_workers)
-
-    def placement(self, task_id: int) -> Optional[Placement]:
-        """The placement of a running task, or None if it is not running."""
-        return self._running.get(task_id)
-
-    def running_placements(self) -> List[Placement]:
-        return list(self._running.values())
-
-    def queued_ids(self) -> List[int]:
-        """Queued task ids in queue order (O(n log n): for diagnostics and tests)."""
-        return [q.request.task_id for q in sorted(self._queued.values(), key=lambda q: q.key)]
-
-    def can_ever_fit(self, request: Request) -> bool:
-        """Whether the request fits on the current nodes when they are empty (workers ignored)."""
-        return self._shape_fits(request.shape)
 
     # ---- events ----------------------------------------------------------
     def submit(self, request: Request) -> List[Placement]:
         """Queue a task; return the placements that start now (this task and/or others).
 
         Raises ``ValueError`` for a task id already queued or running, or a request that
-        :meth:`can_ever_fit` rejects (validate with ``resources.check_fits`` first).
+        would not fit on the nodes even if they were empty (validate with
+        ``parsl_dragon.core.spec.check_fits`` first).
         """
         tid = request.task_id
         if tid in self._queued or tid in self._running:
             raise ValueError(f"task {tid} is already queued or running")
-        if not self.can_ever_fit(request):
+        if not self._shape_fits(request.shape):
             raise ValueError(f"task {tid} needs {request.shape} (nodes, cores, gpus per node): never fits")
         self._seq += 1
         entry = _Queued(request, self._seq)
@@ -307,27 +294,12 @@ class SlotTable:
         dropped = [tid for tid in task_ids if self._queued.pop(tid, None) is not None]
         return Cancellation(dropped, self._schedule() if dropped else [])
 
-    def add_node(self, slots: NodeSlots) -> List[Placement]:
-        """A node joined the allocation; return what starts on the new capacity."""
-        self._add(slots)
-        return self._schedule()
-
-    def remove_node(self, hostname: str) -> NodeRemoval:
-        """A node is gone: its tasks are lost and their slots on other nodes freed at once."""
-        node = self._nodes.pop(hostname)
-        self._unindex(node)
-        self._fits.clear()
-        lost = sorted(node.tasks)
-        for tid in lost:
-            self._free(self._running.pop(tid), skip=hostname)
-        unplaceable = self._drop_unplaceable()
-        return NodeRemoval(lost, unplaceable, self._schedule())
-
     def set_workers(self, hostname: str, workers: int) -> List[Placement]:
         """Change a node's worker count (workers started or lost); running tasks keep theirs."""
         node = self._nodes[hostname]
+        slots = dataclasses.replace(node.slots, workers=workers)  # validated before the node changes
         self._unindex(node)
-        node.slots = dataclasses.replace(node.slots, workers=workers)
+        node.slots = slots
         self._index(node)
         return self._schedule()
 
@@ -376,22 +348,18 @@ class SlotTable:
             gpus.append(tuple(node.free_gpus[:ngpus]))
             del node.free_cores[:ncores], node.free_gpus[:ngpus]
             node.busy_workers += i == 0
-            node.tasks.add(request.task_id)
             self._index(node)
-        placement = Placement(request.task_id, tuple(hosts), tuple(cores), tuple(gpus), request.ranks_per_node)
+        placement = Placement(request.task_id, tuple(hosts), tuple(cores), tuple(gpus))
         self._running[request.task_id] = placement
         return placement
 
-    def _free(self, placement: Placement, skip: str = "") -> None:
+    def _free(self, placement: Placement) -> None:
         for i, (host, cores, gpus) in enumerate(zip(placement.hosts, placement.cores, placement.gpus)):
-            if host == skip:
-                continue
             node = self._nodes[host]
             self._unindex(node)
             node.free_cores = sorted(node.free_cores + list(cores))
             node.free_gpus = sorted(node.free_gpus + list(gpus))
             node.busy_workers -= i == 0
-            node.tasks.discard(placement.task_id)
             self._index(node)
 
     # ---- internals: queue ------------------------------------------------
@@ -406,16 +374,6 @@ class SlotTable:
             heapq.heappop(lane)
         del self._lanes[shape]
         return None
-
-    def _drop_unplaceable(self) -> List[int]:
-        dropped: List[int] = []
-        for shape in [s for s in self._lanes if not self._shape_fits(s)]:
-            for _, seq, tid in self._lanes.pop(shape):
-                entry = self._queued.get(tid)
-                if entry is not None and entry.seq == seq:
-                    del self._queued[tid]
-                    dropped.append(tid)
-        return sorted(dropped)
 
     def _schedule(self) -> List[Placement]:
         """One pass over the queue in order: start what fits, count bypasses, honour reservations."""

@@ -14,22 +14,20 @@ and sends the :class:`Assignment` actions that come back::
     >>> s = TaskScheduler([NodeSlots("n1", cores=2)])
     >>> s.worker_ready("w1", "n1")
     []
-    >>> s.submit(1, {})
-    [Assignment(worker_id='w1', task_id=1, placement={})]
-    >>> s.submit(2, {})            # the only worker is busy: queued
+    >>> s.submit(1, TaskSpec())
+    [Assignment(worker_id='w1', task_id=1, placement=None)]
+    >>> s.submit(2, TaskSpec())    # the only worker is busy: queued
     []
     >>> s.finished(1)
-    [Assignment(worker_id='w1', task_id=2, placement={})]
+    [Assignment(worker_id='w1', task_id=2, placement=None)]
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
-
-from parsl.executors.errors import InvalidResourceSpecification
+from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from parsl_dragon.core.placement import NodeSlots, Placement, SlotTable
-from parsl_dragon.core.spec import check_fits, is_mpi, request_for
+from parsl_dragon.core.spec import TaskSpec, check_fits, request_for
 
 
 @dataclass(frozen=True)
@@ -38,7 +36,7 @@ class Assignment:
 
     worker_id: str
     task_id: int
-    placement: Dict[str, Any] = field(default_factory=dict)
+    placement: Optional[Placement] = None
 
 
 @dataclass
@@ -111,17 +109,12 @@ class TaskScheduler:
         started += self.table.set_workers(host, len(state.ready))
         return lost, self._assign(started)
 
-    def submit(self, task_id: int, spec: Dict[str, Any]) -> List[Assignment]:
-        """Queue a task (spec as normalized by the executor); InvalidResourceSpecification if it can
-        never run on these nodes."""
-        try:
-            check_fits(spec, self.table.nodes)
-            request = request_for(task_id, spec)
-        except (ValueError, TypeError, KeyError) as exc:  # a malformed spec from the wire
-            raise InvalidResourceSpecification(set(spec), str(exc)) from exc
-        if is_mpi(spec):
+    def submit(self, task_id: int, spec: TaskSpec) -> List[Assignment]:
+        """Queue a task; InvalidResourceSpecification if it can never run on these nodes."""
+        check_fits(spec, self.table.nodes)
+        if spec.is_mpi:
             self._mpi.add(task_id)
-        return self._assign(self.table.submit(request))
+        return self._assign(self.table.submit(request_for(task_id, spec)))
 
     def finished(self, task_id: int) -> List[Assignment]:
         """A task ended (any outcome): its worker is idle again and its slots are free."""
@@ -149,6 +142,6 @@ class TaskScheduler:
             worker_id = state.idle.pop(0)  # the slot table never starts more tasks than ready workers
             self._worker_task[worker_id] = placement.task_id
             self._task_worker[placement.task_id] = worker_id
-            detail = placement.to_dict() if placement.task_id in self._mpi else {}
+            detail = placement if placement.task_id in self._mpi else None
             assignments.append(Assignment(worker_id, placement.task_id, detail))
         return assignments

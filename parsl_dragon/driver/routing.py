@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Deque, Dict, List, NamedTuple, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Deque, Dict, List, NamedTuple, Optional, Set, Tuple
 
 from parsl.executors.errors import InvalidResourceSpecification
 
 from parsl_dragon.core.placement import NodeSlots
-from parsl_dragon.core.spec import check_fits
+from parsl_dragon.core.spec import TaskSpec, check_fits
 
 if TYPE_CHECKING:  # the router itself needs no sockets
     from parsl_dragon.driver.client import ServerLink
@@ -33,7 +33,7 @@ class Send(NamedTuple):
 
     server_id: str
     task_id: int
-    spec: Dict[str, Any]
+    spec: TaskSpec
     payload: bytes
 
 
@@ -65,7 +65,7 @@ class RoutedServer:
         return len(self.tasks) / max(1, self.link.welcome.workers)
 
 
-_Held = Tuple[int, Dict[str, Any], bytes]
+_Held = Tuple[int, TaskSpec, bytes]
 
 
 class TaskRouter:
@@ -76,7 +76,7 @@ class TaskRouter:
         self.servers: Dict[str, RoutedServer] = {}
         self.pending: Deque[_Held] = deque()
 
-    def fitting(self, spec: Dict[str, Any]) -> List[RoutedServer]:
+    def fitting(self, spec: TaskSpec) -> List[RoutedServer]:
         """Servers (not stopping) whose nodes can hold the task; InvalidResourceSpecification
         if there are servers and none can. No server at all: an empty list."""
         servers = [s for s in self.servers.values() if not s.link.stopping]
@@ -91,7 +91,7 @@ class TaskRouter:
             raise error
         return fitting
 
-    def submit(self, task_id: int, spec: Dict[str, Any], payload: bytes) -> List[Send]:
+    def submit(self, task_id: int, spec: TaskSpec, payload: bytes) -> List[Send]:
         """Route a new task; raises InvalidResourceSpecification (changing nothing) if it fits no server."""
         roomy = [s for s in self.fitting(spec) if s.has_room]
         if roomy and not self.pending:  # the common case: one size check, straight out
@@ -154,6 +154,6 @@ class TaskRouter:
         self.pending.clear()
 
     @staticmethod
-    def _send(server: RoutedServer, task_id: int, spec: Dict[str, Any], payload: bytes) -> Send:
+    def _send(server: RoutedServer, task_id: int, spec: TaskSpec, payload: bytes) -> Send:
         server.tasks.add(task_id)
         return Send(server.server_id, task_id, spec, payload)

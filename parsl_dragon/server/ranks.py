@@ -20,8 +20,10 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
+from parsl_dragon.core.placement import Placement
+from parsl_dragon.core.spec import TaskSpec
 from parsl_dragon.server.backend import RankJob, RankOutcome  # dataclasses; dragon is imported lazily
-from parsl_dragon.vocabulary import DEFAULT_PMI, DEFAULT_RANK_STARTUP_TIMEOUT_MS, NO_LIMIT, RANK_STARTUP_MS_PER_RANK
+from parsl_dragon.vocabulary import DEFAULT_RANK_STARTUP_TIMEOUT_MS, NO_LIMIT, RANK_STARTUP_MS_PER_RANK
 from parsl_dragon.wire import protocol as p
 
 logger = logging.getLogger(__name__)
@@ -113,15 +115,13 @@ class RankLaunches:
         return sum(1 for launch in self._launches.values() if not launch.answered)
 
 
-def job_from(message: p.LaunchRanks, spec: Dict, placement: Dict, output_dir: str,
-             default_pmi: str = DEFAULT_PMI):
-    """The RankJob for a LaunchRanks request of a task with this spec and placement."""
-    walltime: Optional[float] = spec.get("walltime")
+def job_from(message: p.LaunchRanks, spec: TaskSpec, placement: Placement, output_dir: str) -> RankJob:
+    """The RankJob for a LaunchRanks request of an MPI task with this spec and placement."""
+    assert spec.pmi is not None, "only MPI tasks have a placement"
     return RankJob(
         task_id=message.task_id, argv=list(message.argv), cwd=message.cwd, env=dict(message.env),
-        hosts=list(placement.get("hosts", [])), ranks_per_node=int(spec.get("ranks_per_node", 1)),
-        pmi=str(spec.get("pmi", default_pmi)), cores=placement.get("cores", []),
-        gpus=placement.get("gpus", []), cpus_per_rank=int(spec.get("cpus_per_rank", 1)),
-        gpus_per_rank=int(spec.get("gpus_per_rank", 0)), cpu_bind=bool(spec.get("cpu_bind", False)),
-        launcher_options=str(spec.get("launcher_options", "")),
-        walltime=float(walltime) if walltime else None, output_dir=output_dir)
+        hosts=list(placement.hosts), ranks_per_node=spec.ranks_per_node, pmi=spec.pmi,
+        cores=[list(ids) for ids in placement.cores], gpus=[list(ids) for ids in placement.gpus],
+        cpus_per_rank=spec.cpus_per_rank, gpus_per_rank=spec.gpus_per_rank, cpu_bind=spec.cpu_bind,
+        launcher_options=spec.launcher_options,
+        walltime=None if spec.walltime is None else float(spec.walltime), output_dir=output_dir)

@@ -38,8 +38,9 @@ import parsl
 import zmq
 from parsl.executors.errors import InvalidResourceSpecification
 
-from parsl_dragon.core.placement import NodeSlots
+from parsl_dragon.core.placement import NodeSlots, Placement
 from parsl_dragon.core.scheduler import Assignment, TaskScheduler
+from parsl_dragon.core.spec import TaskSpec
 from parsl_dragon.errors import ProtocolError
 from parsl_dragon.server.auth import CLIENT_DOMAIN, WORKER_DOMAIN, start_authenticator
 from parsl_dragon.server.ranks import RankLaunches, job_from
@@ -104,9 +105,9 @@ class _Client:
 class _Task:
     client: bytes
     client_task_id: int
-    spec: dict
+    spec: TaskSpec
     payload: bytes
-    placement: dict = field(default_factory=dict)
+    placement: Optional[Placement] = None  # set for an MPI task once it is assigned
     worker: str = ""  # the worker it was sent to: only that worker's result is taken
 
 
@@ -374,15 +375,16 @@ class Server:
         assignments: List[Assignment] = []
         for entry, payload in zip(message.tasks, message.payloads):
             self._next_task += 1
-            spec = entry.spec if isinstance(entry.spec, dict) else {}
             try:
-                assignments += self.scheduler.submit(self._next_task, spec)
-            except Exception as exc:  # also a spec the driver never normalized (e.g. priority 10**400)
+                if entry.spec_error is not None:  # the spec on the wire did not validate
+                    raise entry.spec_error
+                assignments += self.scheduler.submit(self._next_task, entry.spec)
+            except Exception as exc:  # InvalidResourceSpecification: that task fails, the batch goes on
                 self._fail_client_tasks(client.identity, [entry.task_id], "InvalidResourceSpecification",
                                         str(exc) if isinstance(exc, InvalidResourceSpecification)
                                         else f"unusable resource specification: {exc!r}")
                 continue
-            self.tasks[self._next_task] = _Task(client.identity, entry.task_id, spec, payload)
+            self.tasks[self._next_task] = _Task(client.identity, entry.task_id, entry.spec, payload)
         self._dispatch(assignments)
 
     def _on_client_heartbeat(self, client: _Client, message: p.Heartbeat) -> None:
@@ -520,7 +522,7 @@ class Server:
         self._launch_seq += 1
         output_dir = os.path.join(os.path.dirname(self.options.log_path), "ranks",
                                   f"task-{message.task_id}-{self._launch_seq}")
-        job = job_from(message, task.spec, task.placement, output_dir, self.options.default_pmi)
+        job = job_from(message, task.spec, task.placement, output_dir)
         self.rank_launches.start(identity, job, task.client_task_id)
 
     def _on_monitoring(self, message: p.Monitoring) -> None:

@@ -24,21 +24,22 @@ import shlex
 import shutil
 import sys
 import tempfile
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
+from parsl_dragon.core.placement import Placement
+from parsl_dragon.core.spec import TaskSpec
 from parsl_dragon.vocabulary import ENV_RANK_REPORT, ENV_TASK
 
 REPORT_FILE = "ranks.json"
 
 
-def task_environment(task_id: int, spec: Dict[str, Any], placement: Dict[str, Any], report: str) -> Dict[str, str]:
-    hosts: List[str] = list(placement.get("hosts", []))
-    ranks_per_node = int(spec.get("ranks_per_node", 1))
+def task_environment(task_id: int, spec: TaskSpec, placement: Placement, report: str) -> Dict[str, str]:
+    """The variables an MPI task sees (the module docstring lists them)."""
     return {
-        "PARSL_NUM_NODES": str(len(hosts)),
-        "PARSL_RANKS_PER_NODE": str(ranks_per_node),
-        "PARSL_NUM_RANKS": str(int(spec.get("num_ranks", ranks_per_node * len(hosts)))),
-        "PARSL_MPI_NODELIST": ",".join(hosts),
+        "PARSL_NUM_NODES": str(len(placement.hosts)),
+        "PARSL_RANKS_PER_NODE": str(spec.ranks_per_node),
+        "PARSL_NUM_RANKS": str(spec.num_ranks),
+        "PARSL_MPI_NODELIST": ",".join(placement.hosts),
         "PARSL_MPI_PREFIX": f"{shlex.quote(sys.executable)} -m parsl_dragon.task.mpirun",
         ENV_TASK: str(task_id),
         ENV_RANK_REPORT: report,
@@ -46,7 +47,7 @@ def task_environment(task_id: int, spec: Dict[str, Any], placement: Dict[str, An
 
 
 @contextlib.contextmanager
-def mpi_task(task_id: int, spec: Dict[str, Any], placement: Dict[str, Any]) -> Iterator[str]:
+def mpi_task(task_id: int, spec: TaskSpec, placement: Placement) -> Iterator[str]:
     """Export the MPI variables while the task runs; yields the rank report path (not yet a file)."""
     directory = tempfile.mkdtemp(prefix=f"parsl-dragon-ranks-{task_id}-")  # new, 0700
     report = os.path.join(directory, REPORT_FILE)

@@ -17,6 +17,16 @@ an integer, an int field never a boolean) or a payload count that does not match
 :class:`~parsl_dragon.errors.ProtocolError`. Unknown extra fields are logged and
 ignored, so a newer peer can add fields without breaking an older one.
 
+A task entry (``SubmitTasks.tasks[]``) is ``{"task_id": int, "spec": {...}, "placement":
+{...}}``: ``spec`` is :meth:`~parsl_dragon.core.spec.TaskSpec.to_wire` (e.g. ``{}`` for a
+serial task, ``{"num_nodes": 2, "ranks_per_node": 4, "num_ranks": 8, "pmi": "cray"}``),
+``placement`` is :meth:`~parsl_dragon.core.placement.Placement.to_wire` (``{"hosts": [...],
+"cores": [[...]], "gpus": [[...]]}``, one list per host; server to worker, MPI tasks only)
+or ``{}``. A placement that ``Placement.from_wire`` refuses raises ``ProtocolError``. A
+``spec`` that ``TaskSpec.from_wire`` refuses does *not*: it is the user's request, not the
+peer's mistake, so that entry decodes with ``spec_error`` set (the
+``InvalidResourceSpecification``) and the server fails that task alone.
+
 Client <-> server: ``Hello`` -> ``Welcome`` | ``Refused``; then ``SubmitTasks``,
 ``Heartbeat``, ``Goodbye``, ``Shutdown``, ``Sync`` from the client; ``TaskResults``,
 ``Heartbeat``, ``Monitoring``, ``ErrorReply``, ``SyncReply`` from the server. A client
@@ -39,8 +49,12 @@ import logging
 import sys
 import typing
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Dict, List, Optional, Type
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Type
 
+from parsl.executors.errors import InvalidResourceSpecification
+
+from parsl_dragon.core.placement import Placement
+from parsl_dragon.core.spec import TaskSpec
 from parsl_dragon.errors import ProtocolError
 
 logger = logging.getLogger(__name__)
@@ -104,14 +118,36 @@ class Refused(Message):
     reason: str
 
 
+_JSON_OBJECT = {"json": dict}  # a typed field that travels as a JSON object (its to_wire form)
+_LOCAL = {"local": True}       # a field that never travels
+
+
 @dataclass
 class TaskEntry:
-    """One task inside ``SubmitTasks``: its id, resource specification and, server to
-    worker, where its ranks go (``placement``: hosts, cores, gpus; empty for serial tasks)."""
+    """One task inside ``SubmitTasks`` (wire form: the module docstring). ``placement`` is None
+    for serial tasks; ``spec_error`` is set, never sent, on a decoded entry whose spec did not
+    validate (``spec`` is then the default)."""
 
     task_id: int
-    spec: Dict[str, Any] = field(default_factory=dict)
-    placement: Dict[str, Any] = field(default_factory=dict)
+    spec: TaskSpec = field(default_factory=TaskSpec, metadata=_JSON_OBJECT)
+    placement: Optional[Placement] = field(default=None, metadata=_JSON_OBJECT)
+    spec_error: Optional[InvalidResourceSpecification] = field(default=None, compare=False, metadata=_LOCAL)
+
+    def to_wire(self) -> Dict[str, Any]:
+        return {"task_id": self.task_id, "spec": self.spec.to_wire(),
+                "placement": {} if self.placement is None else self.placement.to_wire()}
+
+    @classmethod
+    def from_wire(cls, task_id: int, spec: Optional[Dict[str, Any]] = None,
+                  placement: Optional[Dict[str, Any]] = None) -> "TaskEntry":
+        """Rebuild an entry whose fields have their JSON types; ValueError for a bad placement."""
+        typed, error = TaskSpec(), None
+        try:
+            typed = TaskSpec.from_wire({} if spec is None else spec)
+        except InvalidResourceSpecification as exc:
+            error = exc
+        where = Placement.from_wire(task_id, placement) if placement else None
+        return cls(task_id, typed, where, error)
 
 
 @dataclass
@@ -255,6 +291,11 @@ class RanksDone(Message):
 
 
 _NESTED = {"tasks": TaskEntry, "results": TaskResult}
+_MAKERS: Dict[Type[Any], Callable[..., Any]] = {TaskEntry: TaskEntry.from_wire}  # the rest: the class itself
+
+
+def _nested_json(item: Any) -> Dict[str, Any]:
+    return item.to_wire() if isinstance(item, TaskEntry) else dict(item.__dict__)
 
 
 def encode(message: Message) -> List[bytes]:
@@ -266,7 +307,7 @@ def encode(message: Message) -> List[bytes]:
         if f.name == "payloads":
             payloads = value
         elif f.name in _NESTED:
-            body[f.name] = [item.__dict__ for item in value]
+            body[f.name] = [_nested_json(item) for item in value]
         else:
             body[f.name] = value
     header = bytes([PROTOCOL_VERSION]) + json.dumps(body, separators=(",", ":")).encode()
@@ -277,10 +318,17 @@ _JSON_TYPES: Dict[Any, Any] = {int: int, float: (int, float), str: str, bool: bo
 
 
 @functools.lru_cache(maxsize=None)
+def _wire_names(cls: Type[Any]) -> frozenset:
+    """The fields of ``cls`` that travel."""
+    return frozenset(f.name for f in fields(cls) if not f.metadata.get("local"))
+
+
+@functools.lru_cache(maxsize=None)
 def _field_types(cls: Type[Any]) -> Dict[str, Any]:
     """Python types a JSON field of ``cls`` may hold (``Any`` fields are unchecked)."""
     hints = typing.get_type_hints(cls)
-    types = {f.name: _JSON_TYPES.get(typing.get_origin(hints[f.name]) or hints[f.name]) for f in fields(cls)}
+    types = {f.name: f.metadata.get("json") or _JSON_TYPES.get(typing.get_origin(hints[f.name]) or hints[f.name])
+             for f in fields(cls) if f.name in _wire_names(cls)}
     return {name: t for name, t in types.items() if t is not None and name != "payloads"}
 
 
@@ -292,14 +340,14 @@ def _check_types(cls: Type[Any], data: Dict[str, Any], where: str) -> None:
 
 
 def _build(cls: Type[Any], data: Dict[str, Any], where: str) -> Any:
-    names = {f.name for f in fields(cls)}
+    names = _wire_names(cls)
     extra = set(data) - names
     if extra:
         logger.warning("Ignoring unknown fields %s in %s", sorted(extra)[:10], where)
     _check_types(cls, data, where)
     try:
-        return cls(**{k: v for k, v in data.items() if k in names})
-    except TypeError as exc:
+        return _MAKERS.get(cls, cls)(**{k: v for k, v in data.items() if k in names})
+    except (TypeError, ValueError) as exc:
         raise ProtocolError(f"malformed {where}: {exc}") from exc
 
 

@@ -5,11 +5,21 @@ import json
 import os
 import stat
 
+from parsl_dragon.core.placement import Placement
+from parsl_dragon.core.spec import normalize_spec
 from parsl_dragon.task import mpi_env
 from parsl_dragon.vocabulary import ENV_RANK_REPORT, ENV_TASK
 
-SPEC = {"num_nodes": 2, "ranks_per_node": 2}
-PLACEMENT = {"hosts": ["n1", "n2"]}
+SPEC = normalize_spec({"num_nodes": 2, "ranks_per_node": 2})
+PLACEMENT = Placement(7, ("n1", "n2"), ((0, 1), (0, 1)), ((), ()))
+
+
+def test_the_task_sees_htex_variables_from_its_spec_and_placement():
+    env = mpi_env.task_environment(7, SPEC, PLACEMENT, "/r/ranks.json")
+    assert {k: env[k] for k in ("PARSL_NUM_NODES", "PARSL_RANKS_PER_NODE", "PARSL_NUM_RANKS", "PARSL_MPI_NODELIST")} \
+        == {"PARSL_NUM_NODES": "2", "PARSL_RANKS_PER_NODE": "2", "PARSL_NUM_RANKS": "4", "PARSL_MPI_NODELIST": "n1,n2"}
+    assert env[ENV_TASK] == "7" and env[ENV_RANK_REPORT] == "/r/ranks.json"
+    assert env["PARSL_MPI_PREFIX"].endswith(" -m parsl_dragon.task.mpirun")
 
 
 def test_report_lives_in_a_new_private_directory_removed_afterwards():

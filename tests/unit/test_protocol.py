@@ -9,8 +9,10 @@ import sys
 from dataclasses import fields
 
 import pytest
-from parsl.executors.errors import ExecutorError
+from parsl.executors.errors import ExecutorError, InvalidResourceSpecification
 
+from parsl_dragon.core.placement import Placement
+from parsl_dragon.core.spec import TaskSpec, normalize_spec
 from parsl_dragon.errors import ProtocolError
 from parsl_dragon.wire import protocol as p
 
@@ -33,8 +35,8 @@ def _samples():
                              python_version="3.11", nodes=["nid0001", "nid0002"], workers=256),
         "Refused": p.Refused(reason="Parsl 1 (client) != 2 (server)"),
         "SubmitTasks": p.SubmitTasks(
-            tasks=[p.TaskEntry(task_id=7, spec={"num_nodes": 1, "ranks_per_node": 4},
-                               placement={"hosts": ["nid0001"], "cores": [[0, 1, 2, 3]], "gpus": [[]]}),
+            tasks=[p.TaskEntry(task_id=7, spec=normalize_spec({"num_nodes": 1, "ranks_per_node": 4}),
+                               placement=Placement(7, ("nid0001",), ((0, 1, 2, 3),), ((),))),
                    p.TaskEntry(task_id=8)],
             payloads=[pickle.dumps(("f", (1,), {})), b"\x00\x01binary\xff"]),
         "TaskResults": p.TaskResults(
@@ -124,9 +126,65 @@ def test_nested_task_entries_are_rebuilt_as_dataclasses():
     message = SAMPLES["SubmitTasks"]
     decoded = p.decode(p.encode(message))
     assert all(isinstance(t, p.TaskEntry) for t in decoded.tasks)
-    assert decoded.tasks[0].spec == {"num_nodes": 1, "ranks_per_node": 4}
-    assert decoded.tasks[1].spec == {}  # default factory
-    assert decoded.tasks[1].task_id == 8
+    assert decoded.tasks[0].spec == TaskSpec(num_nodes=1, ranks_per_node=4, num_ranks=4, pmi="mpiexec")
+    assert decoded.tasks[0].placement == Placement(7, ("nid0001",), ((0, 1, 2, 3),), ((),))
+    assert decoded.tasks[1].spec == TaskSpec()  # default factory
+    assert decoded.tasks[1].placement is None and decoded.tasks[1].task_id == 8
+    assert all(t.spec_error is None for t in decoded.tasks)
+
+
+def test_task_entry_wire_form():
+    body = json.loads(p.encode(SAMPLES["SubmitTasks"])[0][1:])
+    assert body["tasks"] == [
+        {"task_id": 7, "spec": {"num_nodes": 1, "ranks_per_node": 4, "num_ranks": 4, "pmi": "mpiexec"},
+         "placement": {"hosts": ["nid0001"], "cores": [[0, 1, 2, 3]], "gpus": [[]]}},
+        {"task_id": 8, "spec": {}, "placement": {}},  # a serial task: no placement
+    ]
+    refused = p.TaskEntry(1, spec_error=InvalidResourceSpecification({"x"}, "x"))
+    assert "spec_error" not in p.encode(p.SubmitTasks(tasks=[refused], payloads=[b""]))[0].decode()
+
+
+def test_task_entry_takes_a_normalized_spec_positionally():
+    spec = normalize_spec({"num_ranks": 2, "cpu_bind": "core"}, default_pmi="cray")
+    entry = p.TaskEntry(3, spec)
+    assert entry.placement is None
+    [decoded] = p.decode(p.encode(p.SubmitTasks(tasks=[entry], payloads=[b"x"]))).tasks
+    assert decoded == entry and decoded.spec.pmi == "cray" and decoded.spec.cpu_bind is True
+
+
+@pytest.mark.parametrize("spec, keys", [
+    ({"num_nodes": "x"}, {"ranks_per_node", "num_ranks", "pmi"}),
+    ({"num_nodes": 0, "ranks_per_node": 1, "num_ranks": 0, "pmi": "none"}, {"num_nodes"}),
+    ({"priority": 10**400}, {"priority"}),
+    ({"cores": 4}, {"cores"}),
+    ({"cpu_bind": "maybe"}, {"cpu_bind"}),
+])
+def test_a_spec_that_does_not_validate_fails_only_its_entry(spec, keys):
+    header = _header({"type": "SubmitTasks", "tasks": [{"task_id": 1, "spec": spec}, {"task_id": 2, "spec": {}}]})
+    decoded = p.decode([header, b"a", b"b"])
+    bad, good = decoded.tasks
+    assert isinstance(bad.spec_error, InvalidResourceSpecification) and set(bad.spec_error.invalid_keys) == keys
+    assert bad.task_id == 1 and bad.spec == TaskSpec() and bad.placement is None
+    assert good.spec_error is None and decoded.payloads == [b"a", b"b"]
+
+
+@pytest.mark.parametrize("placement", [
+    {"hosts": ["a"]}, {"hosts": [], "cores": [], "gpus": []}, {"hosts": ["a"], "cores": [[-1]], "gpus": [[]]},
+    {"hosts": ["a"], "cores": [[0]], "gpus": [[]], "extra": 1},
+])
+def test_a_malformed_placement_rejects_the_message(placement):
+    header = _header({"type": "SubmitTasks", "tasks": [{"task_id": 1, "spec": {}, "placement": placement}]})
+    with pytest.raises(ProtocolError, match=r"malformed SubmitTasks.tasks\[\]: .*placement"):
+        p.decode([header, b"a"])
+
+
+@pytest.mark.parametrize("key, value", [("spec", []), ("spec", "x"), ("spec", None), ("placement", [1]),
+                                        ("placement", 3), ("task_id", "1")])
+def test_task_entry_fields_of_the_wrong_json_type_reject_the_message(key, value):
+    entry = {"task_id": 1, "spec": {}, "placement": {}}
+    entry[key] = value
+    with pytest.raises(ProtocolError, match=f"field {key!r}"):
+        p.decode([_header({"type": "SubmitTasks", "tasks": [entry]}), b"a"])
 
 
 def test_nested_task_results_are_rebuilt_as_dataclasses():

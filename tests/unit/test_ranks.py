@@ -7,6 +7,8 @@ purpose, which no real PMI path may be made to do on this machine.
 import threading
 import time
 
+from parsl_dragon.core.placement import Placement
+from parsl_dragon.core.spec import normalize_spec
 from parsl_dragon.server.backend import RankJob, RankOutcome
 from parsl_dragon.server.ranks import RankLaunches, job_from
 from parsl_dragon.wire import protocol as p
@@ -105,11 +107,19 @@ def test_no_limit_never_abandons_a_slow_launch():
 
 def test_job_from_uses_spec_and_placement():
     message = p.LaunchRanks(task_id=9, argv=["./sim"], cwd="/w", env={"A": "1"})
-    spec = {"num_nodes": 2, "ranks_per_node": 4, "num_ranks": 8, "pmi": "none", "cpus_per_rank": 2,
-            "cpu_bind": True, "walltime": 30, "launcher_options": "--bind-to core"}
-    placement = {"hosts": ["n1", "n2"], "cores": [[0, 1, 2, 3, 4, 5, 6, 7]] * 2, "gpus": [[], []]}
+    spec = normalize_spec({"num_nodes": 2, "ranks_per_node": 4, "pmi": "none", "cpus_per_rank": 2,
+                           "gpus_per_rank": 1, "cpu_bind": True, "walltime": 30, "launcher_options": "--bind-to core"})
+    placement = Placement(9, ("n1", "n2"), (tuple(range(8)),) * 2, ((0, 1, 2, 3),) * 2)
     built = job_from(message, spec, placement, "/out")
     assert (built.hosts, built.ranks_per_node, built.pmi, built.cpus_per_rank) == (["n1", "n2"], 4, "none", 2)
+    assert built.cores == [list(range(8))] * 2 and built.gpus == [[0, 1, 2, 3]] * 2 and built.gpus_per_rank == 1
     assert built.cpu_bind and built.walltime == 30.0 and built.launcher_options == "--bind-to core"
     assert built.env == {"A": "1"} and built.output_dir == "/out"
-    assert job_from(message, {"num_nodes": 1}, placement, "/o", default_pmi="mpiexec").pmi == "mpiexec"
+
+
+def test_job_from_takes_the_defaults_the_driver_filled_in():
+    message = p.LaunchRanks(task_id=9, argv=["./sim"], cwd="/w")
+    placement = Placement(9, ("n1",), ((0,),), ((),))
+    built = job_from(message, normalize_spec({"num_nodes": 1}, default_pmi="mpiexec"), placement, "/o")
+    assert (built.pmi, built.ranks_per_node, built.cpus_per_rank, built.gpus_per_rank) == ("mpiexec", 1, 1, 0)
+    assert not built.cpu_bind and built.launcher_options == "" and built.walltime is None

@@ -4,10 +4,11 @@ import random
 import pytest
 from parsl.executors.errors import InvalidResourceSpecification
 
-from parsl_dragon.core.placement import NodeSlots
+from parsl_dragon.core.placement import NodeSlots, Placement
 from parsl_dragon.core.scheduler import Assignment, TaskScheduler
-from parsl_dragon.core.spec import normalize_spec
+from parsl_dragon.core.spec import TaskSpec, normalize_spec
 
+SERIAL = TaskSpec()
 MPI2 = normalize_spec({"num_nodes": 1, "ranks_per_node": 2, "pmi": "none"})
 MPI_2x2 = normalize_spec({"num_nodes": 2, "ranks_per_node": 2, "pmi": "none"})
 
@@ -22,26 +23,27 @@ def scheduler(nodes=(("n1", 4),), workers=2):
 
 def test_no_task_starts_before_a_worker_is_ready():
     s = TaskScheduler([NodeSlots("n1", 4)])
-    assert s.submit(1, {}) == []
+    assert s.submit(1, SERIAL) == []
     assert s.queued == 1
-    assert s.worker_ready("w", "n1") == [Assignment("w", 1, {})]
+    assert s.worker_ready("w", "n1") == [Assignment("w", 1, None)], "a serial task gets no placement"
 
 
 def test_serial_tasks_fill_idle_workers_then_queue():
     s = scheduler(workers=2)
-    got = s.submit(1, {}) + s.submit(2, {}) + s.submit(3, {})
+    got = s.submit(1, SERIAL) + s.submit(2, SERIAL) + s.submit(3, SERIAL)
     assert [a.task_id for a in got] == [1, 2] and len({a.worker_id for a in got}) == 2
     assert (s.running, s.queued) == (2, 1)
     [next_] = s.finished(1)
-    assert next_ == Assignment(got[0].worker_id, 3, {}), "the freed worker takes the queued task"
+    assert next_ == Assignment(got[0].worker_id, 3), "the freed worker takes the queued task"
 
 
 def test_mpi_task_gets_placement_and_reserves_cores():
     s = scheduler(nodes=(("n1", 4),), workers=3)
     [mpi] = s.submit(1, MPI2)
-    assert mpi.placement["hosts"] == ["n1"] and len(mpi.placement["cores"][0]) == 2
-    assert [a.task_id for a in s.submit(2, {}) + s.submit(3, {})] == [2, 3], "2 cores left for serial tasks"
-    assert s.submit(4, {}) == [], "no core and no worker left"
+    assert isinstance(mpi.placement, Placement) and mpi.placement.task_id == 1
+    assert mpi.placement.hosts == ("n1",) and len(mpi.placement.cores[0]) == 2
+    assert [a.task_id for a in s.submit(2, SERIAL) + s.submit(3, SERIAL)] == [2, 3], "2 cores left for serial tasks"
+    assert s.submit(4, SERIAL) == [], "no core and no worker left"
     assert [a.task_id for a in s.finished(1)] == [4]
 
 
@@ -50,7 +52,7 @@ def test_big_mpi_task_waits_for_cores_but_small_ones_backfill():
     [first] = s.submit(1, MPI2)
     three = normalize_spec({"num_nodes": 1, "ranks_per_node": 3, "pmi": "none"})
     assert s.submit(2, three) == [], "needs 3 cores, only 2 free"
-    assert [a.task_id for a in s.submit(3, {})] == [3], "a serial task backfills"
+    assert [a.task_id for a in s.submit(3, SERIAL)] == [3], "a serial task backfills"
     assert [a.task_id for a in s.finished(3)] == [], "1 free + ... still < 3"
     assert [a.task_id for a in s.finished(1)] == [2]
 
@@ -58,23 +60,25 @@ def test_big_mpi_task_waits_for_cores_but_small_ones_backfill():
 def test_multi_node_task_spans_distinct_hosts():
     s = scheduler(nodes=(("n1", 2), ("n2", 2)), workers=1)
     [a] = s.submit(1, MPI_2x2)
-    assert sorted(a.placement["hosts"]) == ["n1", "n2"]
-    assert s.host_of_worker(a.worker_id) == a.placement["hosts"][0], "the app runs on the first host"
+    assert sorted(a.placement.hosts) == ["n1", "n2"]
+    assert s.host_of_worker(a.worker_id) == a.placement.hosts[0], "the app runs on the first host"
 
 
 def test_too_large_or_malformed_requests_are_refused():
     s = scheduler(nodes=(("n1", 4),), workers=1)
     with pytest.raises(InvalidResourceSpecification, match="num_nodes"):
         s.submit(1, MPI_2x2)
-    with pytest.raises(InvalidResourceSpecification):
-        s.submit(2, {"num_nodes": "two", "ranks_per_node": 1, "num_ranks": 1, "pmi": "none"})
+    with pytest.raises(InvalidResourceSpecification, match="cpus_per_rank"):
+        s.submit(2, TaskSpec(cpus_per_rank=5))
+    with pytest.raises(InvalidResourceSpecification):  # a malformed spec never becomes a TaskSpec
+        TaskSpec.from_wire({"num_nodes": "two", "ranks_per_node": 1, "num_ranks": 1, "pmi": "none"})
     assert s.queued == 0 and s.running == 0
 
 
 def test_lost_worker_returns_its_task_and_frees_slots():
     s = scheduler(nodes=(("n1", 2),), workers=2)
     [a] = s.submit(1, MPI2)
-    assert s.submit(2, {}) == [], "both cores are taken by the MPI task"
+    assert s.submit(2, SERIAL) == [], "both cores are taken by the MPI task"
     lost, started = s.worker_lost(a.worker_id)
     assert lost == 1 and [x.task_id for x in started] == [2]
     assert s.workers == 1
@@ -83,9 +87,9 @@ def test_lost_worker_returns_its_task_and_frees_slots():
 
 def test_cancel_drops_only_queued_tasks():
     s = scheduler(workers=1)
-    s.submit(1, {})
-    s.submit(2, {})
-    s.submit(3, {})
+    s.submit(1, SERIAL)
+    s.submit(2, SERIAL)
+    s.submit(3, SERIAL)
     dropped, started = s.cancel([1, 2])
     assert dropped == [2] and started == [] and s.queued == 1 and s.running == 1
 
@@ -101,11 +105,13 @@ def test_random_events_keep_workers_and_tasks_consistent(seed):
     rng = random.Random(seed)
     hosts = [(f"n{i}", 4) for i in range(3)]
     s = scheduler(nodes=hosts, workers=2)
-    running, next_id, done = {}, 0, set()
+    running, next_id, done, mpi = {}, 0, set(), set()
     for _ in range(2000):
         if rng.random() < 0.55:
             next_id += 1
-            spec = rng.choice([{}, {}, MPI2, MPI_2x2])
+            spec = rng.choice([SERIAL, SERIAL, MPI2, MPI_2x2])
+            if spec.is_mpi:
+                mpi.add(next_id)
             started = s.submit(next_id, spec)
         elif running:
             task = rng.choice(sorted(running))
@@ -116,6 +122,7 @@ def test_random_events_keep_workers_and_tasks_consistent(seed):
             continue
         for a in started:
             assert a.task_id not in running and a.task_id not in done, "no task starts twice"
+            assert (a.placement is not None) == (a.task_id in mpi), "MPI tasks, and only they, get a placement"
             assert a.worker_id not in running.values(), "a worker runs one task at a time"
             running[a.task_id] = a.worker_id
         assert s.running == len(running)

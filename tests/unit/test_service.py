@@ -1,6 +1,7 @@
 """The server's message handling (server/service.py) with fake sockets: sessions, backlogs,
 re-sync, and what it accepts from whom. No Dragon, no network."""
 import errno
+import json
 import os
 import socket
 import time
@@ -8,8 +9,9 @@ import time
 import pytest
 import zmq
 
-from parsl_dragon.core.placement import NodeSlots
+from parsl_dragon.core.placement import NodeSlots, Placement
 from parsl_dragon.core.scheduler import TaskScheduler
+from parsl_dragon.core.spec import TaskSpec, normalize_spec
 from parsl_dragon.server.auth import CLIENT_DOMAIN
 from parsl_dragon.server.service import Server, ServerOptions
 from parsl_dragon.wire import protocol as p
@@ -231,3 +233,62 @@ def test_a_worker_that_reconnects_is_told_which_tasks_it_should_hold(server):
     assert (lost.task_id, lost.error_type) == (11, "TaskLost") and not server.tasks
     server._on_backend(b"stranger", p.encode(p.WorkerResync(worker_id="stranger")))
     assert not server.backend_socket.to(b"stranger")
+
+
+# ---- resource specifications and placements
+
+def _failed(srv, identity=b"c1"):
+    return [r for batch in srv.frontend.to(identity, p.TaskResults) for r in batch.results if r.status == p.FAILED]
+
+
+def _entries(srv, worker_id=b"n1:1"):
+    return [entry for batch in srv.backend_socket.to(worker_id, p.SubmitTasks) for entry in batch.tasks]
+
+
+def test_a_spec_refused_on_the_wire_fails_only_that_task(server):
+    hello(server)
+    worker(server)
+    header = bytes([p.PROTOCOL_VERSION]) + json.dumps({"type": "SubmitTasks", "tasks": [
+        {"task_id": 10, "spec": {"num_nodes": "x"}}, {"task_id": 11, "spec": {"cores": 2}},
+        {"task_id": 12, "spec": {}}]}).encode()
+    server._on_frontend(b"c1", [header, b"p10", b"p11", b"p12"])
+    assert not server.frontend.to(b"c1", p.ErrorReply), "the message and the session stand"
+    failed = {r.task_id: r for r in _failed(server)}
+    assert sorted(failed) == [10, 11]
+    assert all(r.error_type == "InvalidResourceSpecification" for r in failed.values())
+    assert "num_ranks" in failed[10].error and "'cores'" in failed[11].error
+    [entry] = _entries(server)
+    assert entry.spec == TaskSpec() and entry.placement is None
+    assert server.backend_socket.to(b"n1:1", p.SubmitTasks)[0].payloads == [b"p12"]
+
+
+def test_a_spec_too_large_for_the_block_fails_only_that_task(server):
+    hello(server)
+    worker(server)
+    server._on_frontend(b"c1", p.encode(p.SubmitTasks(
+        tasks=[p.TaskEntry(10, normalize_spec({"num_nodes": 2})), p.TaskEntry(11, TaskSpec(cpus_per_rank=5)),
+               p.TaskEntry(12)], payloads=[b"p10", b"p11", b"p12"])))
+    failed = {r.task_id: r for r in _failed(server)}
+    assert sorted(failed) == [10, 11] and "num_nodes" in failed[10].error and "cpus_per_rank" in failed[11].error
+    assert [e.task_id for e in _entries(server)] == [3] and len(server.tasks) == 1
+
+
+def test_an_mpi_task_reaches_its_worker_with_spec_and_placement_and_its_ranks_use_both(server, monkeypatch):
+    hello(server)
+    worker(server, "n1:1")
+    worker(server, "n1:2")
+    spec = normalize_spec({"ranks_per_node": 2, "pmi": "none", "cpu_bind": "core", "walltime": 9})
+    server._on_frontend(b"c1", p.encode(p.SubmitTasks(tasks=[p.TaskEntry(10, spec), p.TaskEntry(11)],
+                                                      payloads=[b"mpi", b"serial"])))
+    mpi, serial = sorted(_entries(server, b"n1:1") + _entries(server, b"n1:2"), key=lambda e: e.task_id)
+    assert mpi.spec == spec and mpi.placement == Placement(1, ("n1",), ((0, 1),), ((),))
+    assert serial.spec == TaskSpec() and serial.placement is None
+    jobs = []
+    monkeypatch.setattr(server.rank_launches, "start", lambda identity, job, client_task_id: jobs.append(job))
+    server._on_backend(b"launcher", p.encode(p.LaunchRanks(task_id=1, argv=["a.out"], cwd="/")))
+    [job] = jobs
+    assert (job.hosts, job.cores, job.gpus, job.ranks_per_node) == (["n1"], [[0, 1]], [[]], 2)
+    assert (job.pmi, job.cpu_bind, job.walltime) == ("none", True, 9.0)
+    server._on_backend(b"launcher", p.encode(p.LaunchRanks(task_id=2, argv=["a.out"], cwd="/")))
+    [reply] = server.backend_socket.to(b"launcher", p.RanksDone)
+    assert "no running MPI task 2" in reply.error and len(jobs) == 1, "a serial task has no ranks to launch"
