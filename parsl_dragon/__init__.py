@@ -14,7 +14,6 @@ from parsl_dragon.errors import (
     InsecureKeyPath,
     ProtocolError,
     RankFailure,
-    RankLaunchError,
     ServerConnectionError,
     ServerLost,
     ServerStartupError,
@@ -28,5 +27,5 @@ __version__ = "0.1.0"
 __all__ = [
     "DragonExecutor", "DragonLauncher", "DragonRadio", "DragonExecutorError", "ConfigurationError", "InsecureKeyPath",
     "ServerStartupError", "ServerConnectionError", "AuthenticationFailed", "HandshakeTimeout",
-    "VersionMismatch", "ServerLost", "WorkerLost", "ProtocolError", "RankFailure", "RankLaunchError",
+    "VersionMismatch", "ServerLost", "WorkerLost", "ProtocolError", "RankFailure",
 ]

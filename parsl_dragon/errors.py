@@ -9,7 +9,7 @@ Every error this package raises on purpose derives from Parsl's ``ExecutorError`
           │    └── InsecurePath         a file or directory that others own or can write
           │         └── InsecureKeyPath key directory or secret file too open
           ├── ServerStartupError        block never produced a live server (says where the log is)
-          ├── ServerConnectionError          cannot talk to a server
+          ├── ServerConnectionError     cannot talk to a server
           │    ├── AuthenticationFailed server rejected this client's CURVE key
           │    ├── HandshakeTimeout     no reply within ``timeout_ms``
           │    └── VersionMismatch      protocol / Parsl / Python versions differ
@@ -17,7 +17,6 @@ Every error this package raises on purpose derives from Parsl's ``ExecutorError`
           ├── WorkerLost                a worker died while running the task
           ├── TaskLost                  lost in flight when a link dropped and came back (retryable)
           ├── PayloadTooLarge           arguments or result over one message's size limit
-          ├── RankLaunchError           ranks of an MPI task could not be launched (PMI, timeout)
           └── ProtocolError             malformed or unknown message (also a ValueError)
 
 ``RankFailure`` is the exception of an MPI bash app whose ranks failed; it derives from
@@ -25,14 +24,26 @@ Parsl's ``BashExitFailure`` (not from the tree above) so existing handlers keep 
 
 Foreign exceptions (zmq, dragon, OS) are converted where they cross into this
 package, with ``raise Ours(...) from exc``.
+
+Errors on the wire: a ``TaskResult`` with status FAILED names its error by a string,
+``error_type``. The strings are the constants below (the class name where there is a
+class), and :func:`failure` turns one back into the exception a task's future gets::
+
+    error_type                     written by               future's exception
+    SERVER_LOST                    service, client          ServerLost
+    WORKER_LOST                    service                  WorkerLost
+    TASK_LOST                      worker, client           TaskLost
+    PAYLOAD_TOO_LARGE              worker                   PayloadTooLarge
+    SERIALIZATION_ERROR            worker                   DragonExecutorError
+    INVALID_RESOURCE_SPECIFICATION service                  Parsl's InvalidResourceSpecification
+    anything else                                           DragonExecutorError
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from parsl.app.errors import BashExitFailure
-
-from parsl.executors.errors import ExecutorError
+from parsl.executors.errors import ExecutorError, InvalidResourceSpecification
 
 
 class DragonExecutorError(ExecutorError):
@@ -101,10 +112,6 @@ class PayloadTooLarge(DragonExecutorError):
     links (``protocol.MAX_FRAME_BYTES``); the error names both sizes."""
 
 
-class RankLaunchError(DragonExecutorError):
-    """The ranks of an MPI task could not be started (unusable PMI backend, launch timeout)."""
-
-
 class ProtocolError(DragonExecutorError, ValueError):
     """A frame could not be decoded, or names an unknown version or message type."""
 
@@ -128,3 +135,27 @@ class RankFailure(BashExitFailure):
 
     def __reduce__(self):
         return (type(self), (self.app_name, self.exitcode, self.failed, self.error))
+
+
+# ---- error types on the wire (TaskResult.error_type) -------------------------
+SERVER_LOST = ServerLost.__name__
+WORKER_LOST = WorkerLost.__name__
+TASK_LOST = TaskLost.__name__
+PAYLOAD_TOO_LARGE = PayloadTooLarge.__name__
+SERIALIZATION_ERROR = "SerializationError"  # a task's exception could not be serialized: no class of its own
+INVALID_RESOURCE_SPECIFICATION = InvalidResourceSpecification.__name__  # Parsl's
+
+_WIRE_ERRORS: Dict[str, Callable[[str], BaseException]] = {
+    SERVER_LOST: ServerLost,
+    WORKER_LOST: WorkerLost,
+    TASK_LOST: TaskLost,
+    PAYLOAD_TOO_LARGE: PayloadTooLarge,
+    SERIALIZATION_ERROR: DragonExecutorError,
+    INVALID_RESOURCE_SPECIFICATION: lambda message: InvalidResourceSpecification(set(), message),
+}
+
+
+def failure(error_type: str, message: str) -> BaseException:
+    """The exception for a task that failed with wire error ``error_type``; an unknown type
+    becomes a plain :class:`DragonExecutorError`. ``message`` is kept as it is."""
+    return _WIRE_ERRORS.get(error_type, DragonExecutorError)(message)

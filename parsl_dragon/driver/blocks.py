@@ -1,4 +1,4 @@
-"""Block start-up: from "the provider accepted the job" to "a server answers".
+"""Blocks: from "the provider accepted the job" to "a server answers", and the end of their jobs.
 
 A block's server announces itself by writing its connection file. The watcher
 waits for the file of *this launch* (its ``launch_id``; at a shared ``server_path``
@@ -6,21 +6,45 @@ another driver's server may have published first, and then ours publishes in the
 block directory), while checking the provider's job state, until the start-up timeout.
 Failures become :class:`ServerStartupError` with the block's log files and their last
 lines, so the user sees why.
+
+:class:`BlockWatch` does this for the executor, one watcher thread per launch::
+
+    executor (Parsl's strategy thread)       BlockWatch
+    _get_launch_command(block_id) ------->   command(): a BlockLaunch, its block directory, boot_command()
+    _launch_block(block_id) -> job id --->   watch(): thread "parsl-dragon-block-<id>"
+                                                 wait_for_server() -> connect(info) -> on_server(link, block_id)
+                                                 any failure ------------------------> on_failed(launch, error)
+    scale_in() / shutdown() ------------->   end_jobs(): wait for the jobs to end, then cancel them
+    a lost block's server --------------->   cancel_in_background(): cancel its job on a thread of its own
+
+Instead of launching blocks, an executor with a ``server_path`` first looks for a live server
+there (:func:`shared_server`).
 """
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
-from parsl.jobs.states import TERMINAL_STATES, JobStatus
+from parsl.jobs.states import TERMINAL_STATES, JobState, JobStatus
+from parsl.providers import LocalProvider
+from parsl.providers.base import ExecutionProvider
 
-from parsl_dragon.errors import ConfigurationError, InsecurePath, ServerStartupError
-from parsl_dragon.wire.connection import ConnectionInfo, connection_path, read_connection
+from parsl_dragon.driver.settings import Settings
+from parsl_dragon.errors import ConfigurationError, DragonExecutorError, InsecurePath, ServerStartupError
+from parsl_dragon.wire import security
+from parsl_dragon.wire.connection import ConnectionInfo, connection_path, read_connection, remove_connection
+
+if TYPE_CHECKING:
+    from parsl_dragon.driver.links import ServerLink
+
+logger = logging.getLogger(__name__)
 
 LOG_NAMES = ("boot.log", "dragon.log", "server.log")
 POLL_SECONDS = 0.1
@@ -130,3 +154,138 @@ def wait_for_server(launch: BlockLaunch, timeout_s: Optional[float],
                                             "before its server came up")
         time.sleep(POLL_SECONDS)
     raise startup_error(launch, "the executor shut down while waiting")
+
+
+def shared_server(server_path: str) -> Optional[ConnectionInfo]:
+    """The server whose connection file is at ``server_path``, unless there is none or its pid
+    is gone (then the stale file is removed)."""
+    path = connection_path(server_path)
+    try:
+        info = read_connection(path)
+    except FileNotFoundError:
+        return None
+    if info.pid_alive() is False:
+        logger.warning("Removing stale connection file %s (server pid %d is gone)", path, info.pid)
+        remove_connection(path, info.server_id)
+        return None
+    return info
+
+
+def on_driver_host(provider: Optional[ExecutionProvider]) -> bool:
+    """Blocks run on the driver's own host (a LocalProvider): they can follow the driver's pid."""
+    return isinstance(provider, LocalProvider)
+
+
+def host_address(address: Optional[str], provider: Optional[ExecutionProvider]) -> str:
+    """The address a block's server publishes: ``address`` if set, else loopback on the driver's host."""
+    if address:
+        return address
+    return "127.0.0.1" if on_driver_host(provider) else "auto"
+
+
+class BlockWatch:
+    """The blocks one executor launched: their boot commands, a watcher per launch, their jobs' end.
+
+    ``connect(info)`` opens the session with a block's server, ``on_server(link, block_id)``
+    takes it, ``on_failed(launch, error)`` hears of a block that produced no usable server,
+    and ``cancelled()`` says the executor is shutting down (then watchers give up quietly).
+    """
+
+    def __init__(self, provider: Optional[ExecutionProvider], connect: Callable[[ConnectionInfo], "ServerLink"],
+                 on_server: Callable[["ServerLink", str], None],
+                 on_failed: Callable[[BlockLaunch, DragonExecutorError], None],
+                 cancelled: Callable[[], bool]) -> None:
+        self.provider = provider
+        self.launches: Dict[str, BlockLaunch] = {}
+        self._connect, self._on_server, self._on_failed = connect, on_server, on_failed
+        self._cancelled = cancelled
+        self._watchers: List[threading.Thread] = []
+
+    def command(self, block_id: str, executor_dir: str, settings: Settings, server_options: Dict[str, object],
+                driver_pid: Optional[int]) -> str:
+        """Record a launch of ``block_id`` and return its boot command. The first launch publishes
+        at a shared ``server_path``; the others in their block directory."""
+        block_dir = os.path.join(executor_dir, f"block-{block_id}")
+        security.private_directory(block_dir)
+        shared = settings.server_path is not None and not any(
+            launch.connection_file == connection_path(settings.server_path) for launch in self.launches.values())
+        conn_file = connection_path(settings.server_path if shared else block_dir)  # type: ignore[arg-type]
+        launch = self.launches[block_id] = BlockLaunch(block_id, block_dir, conn_file, launched=time.time())
+        return boot_command(launch, settings.key_path, settings.transport, server_options, driver_pid=driver_pid)
+
+    def watch(self, block_id: str, job_id: Any, startup_timeout_s: Optional[float]) -> None:
+        """The provider took the block's job: wait for its server on a thread of its own."""
+        launch = self.launches[block_id]
+        launch.job_id = job_id
+        watcher = threading.Thread(target=self._watch, args=(launch, startup_timeout_s), daemon=True,
+                                   name=f"parsl-dragon-block-{block_id}")
+        self._watchers.append(watcher)
+        watcher.start()
+
+    def _watch(self, launch: BlockLaunch, startup_timeout_s: Optional[float]) -> None:
+        try:
+            info = wait_for_server(launch, startup_timeout_s, lambda: self.job_status(launch),
+                                   cancelled=self._cancelled)
+            link = self._connect(info)
+        except DragonExecutorError as exc:
+            if not self._cancelled():
+                self._on_failed(launch, exc)
+            return
+        except Exception as exc:  # a bug must not leave the block unaccounted for
+            logger.exception("Watcher of block %s failed", launch.block_id)
+            if not self._cancelled():
+                self._on_failed(launch, ServerStartupError(f"block {launch.block_id}: {exc!r}"))
+            return
+        self._on_server(link, launch.block_id)
+
+    def job_status(self, launch: BlockLaunch) -> Optional[JobStatus]:
+        """The provider's status of the launch's job; None if unknown (not submitted, or polling failed)."""
+        if launch.job_id is None or self.provider is None:
+            return None
+        try:
+            return self.provider.status([launch.job_id])[0]
+        except Exception as exc:
+            logger.warning("Could not poll job %s of block %s: %s", launch.job_id, launch.block_id, exc)
+            return None
+
+    def failed_status(self, launch: BlockLaunch, error: DragonExecutorError) -> JobStatus:
+        """A block without a usable server: FAILED if its job ended, else MISSING (the job may
+        run, but no server ever connected)."""
+        job = self.job_status(launch)
+        state = JobState.FAILED if job is not None and job.state in TERMINAL_STATES else JobState.MISSING
+        return JobStatus(state, str(error))
+
+    def cancel(self, launch: BlockLaunch) -> None:
+        """Cancel the launch's job now, so that no half-started server stays behind."""
+        if launch.job_id is not None and self.provider is not None:
+            self.provider.cancel([launch.job_id])
+
+    def cancel_in_background(self, block_id: str, job_id: Any) -> None:
+        """Cancel a useless block's job on a thread of its own: frees the allocation, and its boot
+        process cleans up whatever of the runtime is left."""
+        provider = self.provider
+        if provider is None:
+            return
+
+        def cancel() -> None:
+            try:
+                provider.cancel([job_id])
+            except Exception as exc:
+                logger.warning("Could not cancel job %s of lost block %s: %s", job_id, block_id, exc)
+        threading.Thread(target=cancel, name=f"parsl-dragon-cancel-{block_id}", daemon=True).start()
+
+    def end_jobs(self, job_ids: List[Any], wait_s: float) -> None:
+        """Give the jobs ``wait_s`` seconds to end (their servers were asked to stop), then cancel them."""
+        if not job_ids or self.provider is None:
+            return
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if all(s.state in TERMINAL_STATES for s in self.provider.status(job_ids)):
+                break
+            time.sleep(0.2)
+        self.provider.cancel(job_ids)
+
+    def join(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for each watcher thread (after ``cancelled()`` turned true)."""
+        for watcher in self._watchers:
+            watcher.join(timeout=timeout)

@@ -1,17 +1,30 @@
 """The executor's side of the wire: one DEALER per server, one I/O thread for all of them.
 
-Threads and data flow::
+Threads and data flow (each arrow carries one small frozen work item)::
 
-    submit thread(s)            I/O thread "parsl-dragon-io"            result thread "parsl-dragon-results"
-    ---------------             ---------------------------            -------------------------------
-    send_task() -> outbox  --waker-->  drain outbox, SubmitTasks  ---->  server
-                                      recv TaskResults/Monitoring -----> inbox queue --> on_results()/on_monitoring()
-                                      heartbeats out, leases in          (deserialize, resolve futures)
-                                      lost server --------------------> inbox --> on_server_lost()
+    any thread                    I/O thread "parsl-dragon-io"          result thread "parsl-dragon-results"
+    ----------                    ----------------------------          ------------------------------------
+    send_task()  --OutgoingTask-->  batch into SubmitTasks -----> server
+    connect()    --AddLink------->  take over the link's sockets
+    send()       --SendMessage--->  send after the tasks queued before it (e.g. Sync)
+    disconnect() --RemoveLink---->  Goodbye/Shutdown, close the link
+                 (outbox deque + waker socket)
+                                    recv TaskResults   --ResultsArrived---->  on_results()
+                                    recv Monitoring    --MonitoringArrived->  on_monitoring()
+                                    SyncReply.unknown, --TasksFailed------->  on_results() (FAILED results)
+                                    task for a gone server
+                                    heartbeats out, leases in
+                                    lost server        --ServerGone-------->  on_server_lost()
+                                    link back after a  --LinkReconnected--->  on_reconnected()
+                                    drop                  (inbox queue)       (deserialize, resolve futures)
+
+The work items are the frozen dataclasses of ``work_items``. Each thread dispatches them
+through one dict from item type to handler; an item of any other type is a ``TypeError``
+naming it (raised to the caller for a command, logged by the result thread, which goes on).
 
 ZeroMQ sockets are used only by the thread that owns them: ``connect()`` does
-the handshake on the caller's thread with a fresh socket, then hands the socket
-to the I/O thread. Callbacks never run on the I/O thread, so a slow callback
+the handshake on the caller's thread with a fresh socket (``links.open_link``), then hands
+the socket to the I/O thread. Callbacks never run on the I/O thread, so a slow callback
 cannot delay heartbeats.
 
 A link keeps its session across a reconnect: its socket has a fixed identity (the server's
@@ -29,42 +42,33 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Optional, Union
 
-import parsl
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from parsl_dragon.errors import AuthenticationFailed, HandshakeTimeout, ProtocolError, VersionMismatch
+from parsl_dragon.driver.links import ServerLink, close_link, open_link
+from parsl_dragon.driver.work_items import (
+    AddLink,
+    ClientClosing,
+    Command,
+    InboxItem,
+    LinkReconnected,
+    MonitoringArrived,
+    OutgoingTask,
+    RemoveLink,
+    ResultsArrived,
+    SendMessage,
+    ServerGone,
+    TasksFailed,
+    handler_for,
+)
+from parsl_dragon.errors import SERVER_LOST, TASK_LOST, ProtocolError
 from parsl_dragon.wire import protocol as p
 from parsl_dragon.wire.connection import ConnectionInfo
-from parsl_dragon.wire.security import KeyPair, make_curve_client
+from parsl_dragon.wire.security import KeyPair
 
 logger = logging.getLogger(__name__)
-
-_HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-                     | zmq.EVENT_DISCONNECTED)
-
-
-@dataclass
-class ServerLink:
-    """One live session with one server (owned by the I/O thread after ``connect``)."""
-
-    info: ConnectionInfo
-    welcome: p.Welcome
-    owner: bool
-    socket: zmq.Socket
-    monitor: zmq.Socket  # connection events: a drop, then a new handshake, means re-sync
-    last_seen: float = field(default_factory=time.monotonic)
-    load: Optional[p.Heartbeat] = None
-    stopping: str = ""  # the server said it is stopping: lose it at the next tick, not after the lease
-    down_since: Optional[float] = None  # the connection dropped; libzmq is reconnecting
-
-    @property
-    def server_id(self) -> str:
-        return self.welcome.server_id
 
 
 class DragonClient:
@@ -85,8 +89,14 @@ class DragonClient:
         self._on_reconnected = on_reconnected
         self.context = zmq.Context()
         self.links: Dict[str, ServerLink] = {}
-        self._outbox: Deque[Tuple[str, Any]] = deque()
-        self._inbox: "queue.Queue[Optional[Tuple[str, Any]]]" = queue.Queue()
+        self._outbox: Deque[Union[OutgoingTask, Command]] = deque()
+        self._inbox: "queue.Queue[InboxItem]" = queue.Queue()
+        self._commands: Dict[type, Callable[[Any, zmq.Poller], None]] = {
+            AddLink: self._on_add_link, SendMessage: self._on_send_message, RemoveLink: self._on_remove_link}
+        self._deliveries: Dict[type, Callable[[Any], None]] = {
+            ResultsArrived: self._on_results_arrived, MonitoringArrived: self._on_monitoring_arrived,
+            TasksFailed: self._on_tasks_failed, ServerGone: self._on_server_gone,
+            LinkReconnected: self._on_link_reconnected}
         self._waker_lock = threading.Lock()
         self._waker_out: Optional[zmq.Socket] = None
         self._waker_in: Optional[zmq.Socket] = None
@@ -115,87 +125,37 @@ class DragonClient:
         for thread in (self._io_thread, self._result_thread):
             if thread is not None and thread is not threading.current_thread():
                 if thread is self._result_thread:
-                    self._inbox.put(None)
+                    self._inbox.put(ClientClosing())
                 thread.join(timeout=10)
         with self._waker_lock:
             self.context.destroy(linger=0)
 
-    # ---- handshake (caller's thread) ----------------------------------
+    # ---- requests (any thread) ----------------------------------------
     def connect(self, info: ConnectionInfo, owner: bool) -> ServerLink:
         """Open a session with the server described by ``info``; raise a clear error if refused."""
-        if info.protocol != p.PROTOCOL_VERSION:
-            raise VersionMismatch(f"connection file speaks protocol {info.protocol}, this client {p.PROTOCOL_VERSION}")
-        sock = self.context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.IDENTITY, f"{self.client_id}/{uuid.uuid4().hex[:8]}".encode())
-        sock.setsockopt(zmq.SNDHWM, 0)  # never block the I/O thread nor drop: leases bound the wait
-        make_curve_client(sock, self.keys.secret, info.server_public_key.encode())
-        monitor = sock.get_monitor_socket(_HANDSHAKE_EVENTS)
-        try:
-            sock.connect(info.address)
-            sock.send_multipart(p.encode(p.Hello(
-                client_id=self.client_id, protocol=p.PROTOCOL_VERSION, parsl_version=parsl.__version__,
-                python_version=p.PYTHON_VERSION, owner=owner)))
-            welcome = self._await_welcome(sock, monitor, info)
-        except BaseException:
-            sock.disable_monitor()
-            monitor.close(linger=0)
-            sock.close(linger=0)
-            raise
-        link = ServerLink(info=info, welcome=welcome, owner=owner, socket=sock, monitor=monitor)
-        self._command(("add", link))
+        link = open_link(self.context, self.keys, self.client_id, info, owner, self.timeout_s)
+        self._command(AddLink(link))
+        welcome = link.welcome
         logger.info("Connected to server %s at %s (host %s, nodes %s, %d workers, owner=%s)",
                     welcome.server_id, info.address, welcome.host, welcome.nodes, welcome.workers, owner)
         return link
 
-    def _await_welcome(self, sock: zmq.Socket, monitor: zmq.Socket, info: ConnectionInfo) -> p.Welcome:
-        deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(monitor, zmq.POLLIN)
-        while deadline is None or time.monotonic() < deadline:
-            events = dict(poller.poll(timeout=100))
-            if monitor in events:
-                self._check_handshake_event(recv_monitor_message(monitor)["event"], info)
-            if sock in events:
-                message = p.decode(sock.recv_multipart())
-                if isinstance(message, p.Welcome):
-                    return message
-                if isinstance(message, p.Refused):
-                    raise VersionMismatch(f"server at {info.address} refused this client: {message.reason}")
-                raise ProtocolError(f"expected Welcome from {info.address}, got {type(message).__name__}")
-        raise HandshakeTimeout(
-            f"no answer from the server at {info.address} within {self.timeout_s:.1f}s "
-            f"(timeout_ms / PARSL_DRAGON_TIMEOUT); is it running? see its log {info.log_path}")
-
-    def _check_handshake_event(self, event: int, info: ConnectionInfo) -> None:
-        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-            raise AuthenticationFailed(
-                f"authentication failed: the server at {info.address} does not trust this client's key "
-                f"{self.keys.public.decode()} (key not trusted; the server trusts the client key in its key "
-                f"directory: use the same key_path / PARSL_DRAGON_KEY_PATH as the server). "
-                f"The server logs the denial in {info.log_path}")
-        if event in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
-            raise AuthenticationFailed(
-                f"CURVE handshake with {info.address} failed: the server public key in the connection "
-                f"file does not match the server (stale or foreign connection file?)")
-
-    # ---- requests (any thread) ----------------------------------------
     def send_task(self, server_id: str, entry: p.TaskEntry, payload: bytes) -> None:
         """Queue one task for ``server_id``; the I/O thread batches what has queued up."""
-        self._outbox.append((server_id, (entry, payload)))
+        self._outbox.append(OutgoingTask(server_id, entry, payload))
         self._wake()
 
     def send(self, server_id: str, message: p.Message) -> None:
         """Queue a control message (e.g. ``Sync``) for ``server_id``, after the tasks queued before it."""
-        self._command(("send", (server_id, message)))
+        self._command(SendMessage(server_id, message))
 
     def disconnect(self, server_id: str, message: Optional[p.Message] = None) -> None:
         """Send ``message`` (Goodbye/Shutdown) if given, then forget the server."""
-        self._command(("remove", (server_id, message)))
+        self._command(RemoveLink(server_id, message))
 
-    def _command(self, command: Tuple[str, Any]) -> None:
-        self._outbox.append(("", command))
+    def _command(self, command: Command) -> None:
+        handler_for(self._commands, command, "I/O")  # a wrong item fails here, in its sender's thread
+        self._outbox.append(command)
         self._wake()
 
     def _wake(self) -> None:
@@ -241,14 +201,14 @@ class DragonClient:
     def _drain_outbox(self, poller: zmq.Poller) -> None:
         batches: Dict[str, p.SubmitTasks] = {}
         while self._outbox:
-            server_id, item = self._outbox.popleft()
-            if server_id:
-                batch = batches.setdefault(server_id, p.SubmitTasks(tasks=[]))
-                batch.tasks.append(item[0])
-                batch.payloads.append(item[1])
-            else:
+            item = self._outbox.popleft()
+            if isinstance(item, OutgoingTask):
+                batch = batches.setdefault(item.server_id, p.SubmitTasks(tasks=[]))
+                batch.tasks.append(item.entry)
+                batch.payloads.append(item.payload)
+            else:  # a command goes after the tasks queued before it
                 self._flush(batches)
-                self._run_command(item, poller)
+                handler_for(self._commands, item, "I/O")(item, poller)
         self._flush(batches)
 
     def _flush(self, batches: Dict[str, p.SubmitTasks]) -> None:
@@ -256,46 +216,34 @@ class DragonClient:
             link = self.links.get(server_id)
             if link is None:
                 ids = [t.task_id for t in batch.tasks]
-                self._inbox.put(("failed", (server_id, ids, "ServerLost", f"server {server_id} is gone")))
+                self._inbox.put(TasksFailed(server_id, ids, SERVER_LOST, f"server {server_id} is gone"))
             else:
                 link.socket.send_multipart(p.encode(batch), copy=False)
         batches.clear()
 
-    def _run_command(self, command: Tuple[str, Any], poller: zmq.Poller) -> None:
-        kind, arg = command
-        if kind == "add":
-            self.links[arg.server_id] = arg
-            poller.register(arg.socket, zmq.POLLIN)
-            poller.register(arg.monitor, zmq.POLLIN)
-        elif kind == "send":
-            link = self.links.get(arg[0])
-            if link is not None:
-                link.socket.send_multipart(p.encode(arg[1]))
-        elif kind == "remove":
-            server_id, message = arg
-            link = self.links.pop(server_id, None)
-            if link is not None:
-                if message is not None:
-                    link.socket.send_multipart(p.encode(message))
-                self._close_link(link, poller, linger=1000)
+    def _on_add_link(self, command: AddLink, poller: zmq.Poller) -> None:
+        link = command.link
+        self.links[link.server_id] = link
+        poller.register(link.socket, zmq.POLLIN)
+        poller.register(link.monitor, zmq.POLLIN)
+
+    def _on_send_message(self, command: SendMessage, poller: zmq.Poller) -> None:
+        link = self.links.get(command.server_id)
+        if link is not None:
+            link.socket.send_multipart(p.encode(command.message))
+
+    def _on_remove_link(self, command: RemoveLink, poller: zmq.Poller) -> None:
+        link = self.links.pop(command.server_id, None)
+        if link is not None:
+            if command.message is not None:
+                link.socket.send_multipart(p.encode(command.message))
+            close_link(link, poller, linger=1000)
 
     def _on_connection_events(self, link: ServerLink) -> None:
         """Note a dropped connection; when a new handshake succeeds after one, re-sync."""
         while link.monitor.poll(0):
-            event = recv_monitor_message(link.monitor)["event"]
-            if event == zmq.EVENT_DISCONNECTED and link.down_since is None:
-                link.down_since = time.monotonic()
-                logger.warning("Connection to server %s at %s dropped; reconnecting", link.server_id,
-                               link.info.address)
-            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and link.down_since is not None:
-                logger.warning("Connection to server %s re-established after %.1fs; re-syncing its tasks",
-                               link.server_id, time.monotonic() - link.down_since)
-                link.down_since = None
-                self._inbox.put(("reconnected", link.server_id))
-            elif event in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
-                           zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
-                logger.error("Reconnecting to server %s failed its CURVE handshake (event %d): the lease will "
-                             "expire", link.server_id, event)
+            if link.on_connection_event(recv_monitor_message(link.monitor)["event"]):
+                self._inbox.put(LinkReconnected(link.server_id))
 
     def _receive(self, link: ServerLink) -> None:
         for _ in range(1000):
@@ -313,18 +261,18 @@ class DragonClient:
 
     def _on_message(self, link: ServerLink, message: p.Message) -> None:
         if isinstance(message, p.TaskResults):
-            self._inbox.put(("results", (link.server_id, message)))
+            self._inbox.put(ResultsArrived(link.server_id, message))
         elif isinstance(message, p.Heartbeat):
             link.load = message
         elif isinstance(message, p.Monitoring):
-            self._inbox.put(("monitoring", message))
+            self._inbox.put(MonitoringArrived(message))
         elif isinstance(message, p.SyncReply):
             if message.unknown:
                 logger.error("Server %s does not hold %d task(s) this client sent it: lost in the reconnect",
                              link.server_id, len(message.unknown))
-                self._inbox.put(("failed", (link.server_id, message.unknown, "TaskLost",
+                self._inbox.put(TasksFailed(link.server_id, message.unknown, TASK_LOST,
                                             f"the task was lost in flight when the connection to server "
-                                            f"{link.server_id} dropped; it may be retried")))
+                                            f"{link.server_id} dropped; it may be retried"))
         elif isinstance(message, p.ErrorReply):
             logger.warning("Server %s reports: %s", link.server_id, message.reason)
             if message.code == p.STOPPING:
@@ -350,41 +298,34 @@ class DragonClient:
         if link is None:
             return
         logger.error("Lost server %s at %s: %s", server_id, link.info.address, why)
-        self._close_link(link, poller, linger=0)
-        self._inbox.put(("lost", (server_id, why)))
-
-    @staticmethod
-    def _close_link(link: ServerLink, poller: zmq.Poller, linger: int) -> None:
-        for sock in (link.socket, link.monitor):
-            try:
-                poller.unregister(sock)
-            except KeyError:
-                pass
-        link.socket.disable_monitor()
-        link.monitor.close(linger=0)
-        link.socket.close(linger=linger)
+        close_link(link, poller, linger=0)
+        self._inbox.put(ServerGone(server_id, why))
 
     # ---- result thread -------------------------------------------------
     def _result_loop(self) -> None:
         while True:
             item = self._inbox.get()
-            if item is None:
+            if isinstance(item, ClientClosing):
                 return
-            kind, arg = item
             try:
-                if kind == "results":
-                    self._on_results(*arg)
-                elif kind == "monitoring":
-                    self._on_monitoring(arg)
-                elif kind == "lost":
-                    self._on_server_lost(*arg)
-                elif kind == "reconnected":
-                    self._on_reconnected(arg)
-                elif kind == "failed":
-                    server_id, ids, error_type, error = arg
-                    self._on_results(server_id, p.TaskResults(
-                        results=[p.TaskResult(task_id=i, status=p.FAILED, error_type=error_type, error=error)
-                                 for i in ids],
-                        payloads=[b""] * len(ids)))
+                handler_for(self._deliveries, item, "result")(item)
             except BaseException:  # e.g. SystemExit re-raised from a task: this thread must survive it
-                logger.exception("Result callback failed for %s", kind)
+                logger.exception("Result callback failed for %s", type(item).__name__)
+
+    def _on_results_arrived(self, item: ResultsArrived) -> None:
+        self._on_results(item.server_id, item.results)
+
+    def _on_monitoring_arrived(self, item: MonitoringArrived) -> None:
+        self._on_monitoring(item.message)
+
+    def _on_tasks_failed(self, item: TasksFailed) -> None:
+        self._on_results(item.server_id, p.TaskResults(
+            results=[p.TaskResult(task_id=i, status=p.FAILED, error_type=item.error_type, error=item.error)
+                     for i in item.task_ids],
+            payloads=[b""] * len(item.task_ids)))
+
+    def _on_server_gone(self, item: ServerGone) -> None:
+        self._on_server_lost(item.server_id, item.why)
+
+    def _on_link_reconnected(self, item: LinkReconnected) -> None:
+        self._on_reconnected(item.server_id)

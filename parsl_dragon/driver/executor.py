@@ -16,33 +16,35 @@ Lifecycle::
                  WorkerLost / ServerLost failures) and forwards monitoring records
     scale_in()   ask the block's server to stop, then let the provider cancel the job
     shutdown()   stop owned servers, detach from shared ones, cancel leftover jobs; idempotent
+
+The executor holds the Parsl-facing glue; the work is done by its parts: ``blocks.BlockWatch``
+(boot commands, a watcher per block, the end of jobs), ``futures.TaskTable`` (tasks, their
+futures and the router, behind one lock) and ``client.DragonClient`` (the sessions and threads).
 """
 from __future__ import annotations
 
 import logging
 import os
 import pickle
-import threading
-import time
-from concurrent.futures import Future, InvalidStateError
-from typing import Any, Callable, Dict, List, Optional, Set, Union
+from concurrent.futures import Future
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import typeguard
-from parsl.executors.errors import InvalidResourceSpecification
 from parsl.executors.status_handling import BlockProviderExecutor
 from parsl.jobs.states import TERMINAL_STATES, JobState, JobStatus
 from parsl.monitoring.radios.base import RadioConfig
 from parsl.providers import LocalProvider
 from parsl.providers.base import ExecutionProvider
-from parsl.serialize import deserialize, pack_apply_message
-from parsl.serialize.errors import DeserializationError
+from parsl.serialize import pack_apply_message
 from parsl.utils import RepresentationMixin
 
 from parsl_dragon.core.spec import normalize_spec
-from parsl_dragon.driver.blocks import BlockLaunch, boot_command, wait_for_server
-from parsl_dragon.driver.client import DragonClient, ServerLink
+from parsl_dragon.driver.blocks import BlockLaunch, BlockWatch, host_address, on_driver_host, shared_server
+from parsl_dragon.driver.client import DragonClient
+from parsl_dragon.driver.futures import TaskTable, set_exception
 from parsl_dragon.driver.launchers import check_launcher, default_launcher
-from parsl_dragon.driver.routing import RoutedServer, Send, TaskRouter
+from parsl_dragon.driver.links import ServerLink
+from parsl_dragon.driver.routing import RoutedServer, Send
 from parsl_dragon.driver.settings import Settings, resolve_settings
 from parsl_dragon.errors import (
     AuthenticationFailed,
@@ -51,28 +53,18 @@ from parsl_dragon.errors import (
     HandshakeTimeout,
     PayloadTooLarge,
     ServerLost,
-    ServerStartupError,
-    TaskLost,
-    WorkerLost,
 )
 from parsl_dragon.task.monitoring import DragonRadio
 from parsl_dragon.vocabulary import DEFAULT_PMI, parse_pmi
 from parsl_dragon.wire import protocol as p
 from parsl_dragon.wire import security
-from parsl_dragon.wire.connection import ConnectionInfo, connection_path, read_connection, remove_connection
+from parsl_dragon.wire.connection import ConnectionInfo, connection_path, remove_connection
 
 logger = logging.getLogger(__name__)
 
 BUFFER_THRESHOLD = 1024 * 1024
 STOP_WAIT_SECONDS = 60.0  # a multi-node runtime can take a while to stop under load
 DEFAULT_PREFETCH = 32  # benchmarks/throughput.py here: 0 -> 506 tasks/s, 8 -> 1035, 32 -> 1155, unbounded 1160
-_FAILURES = {cls.__name__: cls for cls in (WorkerLost, ServerLost, TaskLost, PayloadTooLarge)}
-
-
-def _failure(error_type: str, message: str) -> BaseException:
-    if error_type == "InvalidResourceSpecification":
-        return InvalidResourceSpecification(set(), message)
-    return _FAILURES.get(error_type, DragonExecutorError)(message)
 
 
 class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
@@ -173,12 +165,12 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         self.remote_monitoring_radio = remote_monitoring_radio or DragonRadio()
         self.settings: Optional[Settings] = None
         self._client: Optional[DragonClient] = None
-        self._lock = threading.RLock()
-        self._task_counter = 0
-        self._router = TaskRouter(prefetch_capacity)
-        self._launches: Dict[str, BlockLaunch] = {}
+        self._table = TaskTable(self._tasks, prefetch_capacity, send=self._send)
+        self._lock, self._router = self._table.lock, self._table.router
+        self._blocks = BlockWatch(self.provider, lambda info: self._connect(info, owner=True),
+                                  self._table.add_server, self._on_block_failed, cancelled=lambda: self._stopping)
+        self._launches: Dict[str, BlockLaunch] = self._blocks.launches
         self._server_key: Optional[str] = None  # the only server public key this executor trusts
-        self._watchers: List[threading.Thread] = []
         self._attached = False
         self._stopping = False
         self._started = False
@@ -210,7 +202,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         super().start()
         self._client = DragonClient(
             client_keys, timeout_s=self.settings.timeout_s, heartbeat_period=self.heartbeat_period,
-            heartbeat_threshold=self.heartbeat_threshold, on_results=self._on_results,
+            heartbeat_threshold=self.heartbeat_threshold, on_results=self._table.on_results,
             on_monitoring=self._on_monitoring, on_server_lost=self._on_server_lost,
             on_reconnected=self._on_reconnected)
         self._client.start()
@@ -223,24 +215,18 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
 
     def _attach_shared_server(self) -> bool:
         """Attach to a live server at ``server_path``; False if there is none (a stale file is removed)."""
-        if self.settings is None or self.settings.server_path is None:
+        server_path = self.settings.server_path if self.settings is not None else None
+        info = shared_server(server_path) if server_path is not None else None
+        if info is None:
             return False
-        path = connection_path(self.settings.server_path)
-        try:
-            info = read_connection(path)
-        except FileNotFoundError:
-            return False
-        if info.pid_alive() is False:
-            logger.warning("Removing stale connection file %s (server pid %d is gone)", path, info.pid)
-            remove_connection(path, info.server_id)
-            return False
+        path = connection_path(server_path)  # type: ignore[arg-type]
         try:
             link = self._connect(info, owner=False)
         except HandshakeTimeout as exc:
             logger.warning("Server named in %s does not answer (%s); starting our own", path, exc)
             remove_connection(path, info.server_id)
             return False
-        self._add_server(link, block_id=None)
+        self._table.add_server(link, block_id=None)
         self._attached = True
         logger.info("Attached to shared server %s via %s", link.server_id, path)
         return True
@@ -259,101 +245,35 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
     # ---- blocks ----------------------------------------------------------
     def _get_launch_command(self, block_id: str) -> str:
         assert self.settings is not None, "start() must run before blocks are launched"
-        block_dir = os.path.join(self._executor_dir, f"block-{block_id}")
-        security.private_directory(block_dir)
-        shared = self.settings.server_path is not None and not any(
-            launch.connection_file == connection_path(self.settings.server_path) for launch in self._launches.values())
-        conn_file = connection_path(self.settings.server_path if shared else block_dir)  # type: ignore[arg-type]
-        launch = self._launches[block_id] = BlockLaunch(block_id, block_dir, conn_file, launched=time.time())
-        return boot_command(launch, self.settings.key_path, self.settings.transport, {
-                                "owner_timeout_ms": self.settings.owner_timeout_ms,
-                                "host_address": self._host_address(), "default_pmi": self.pmi,
-                                "heartbeat_period": self.heartbeat_period,
-                                "heartbeat_threshold": self.heartbeat_threshold,
-                                "rank_startup_timeout_ms": self.settings.rank_startup_timeout_ms,
-                                "workers_per_node": self.workers_per_node_arg,
-                                "cores_per_node": self.cores_per_node, "debug": self.worker_debug},
-                            driver_pid=os.getpid() if self._on_this_host else None)
-
-    @property
-    def _on_this_host(self) -> bool:
-        """Blocks run on the driver's own host (a LocalProvider): they can follow the driver's pid."""
-        return isinstance(self.provider, LocalProvider)
-
-    def _host_address(self) -> str:
-        if self.address:
-            return self.address
-        return "127.0.0.1" if self._on_this_host else "auto"
+        return self._blocks.command(block_id, self._executor_dir, self.settings, {
+            "owner_timeout_ms": self.settings.owner_timeout_ms,
+            "host_address": host_address(self.address, self.provider), "default_pmi": self.pmi,
+            "heartbeat_period": self.heartbeat_period, "heartbeat_threshold": self.heartbeat_threshold,
+            "rank_startup_timeout_ms": self.settings.rank_startup_timeout_ms,
+            "workers_per_node": self.workers_per_node_arg, "cores_per_node": self.cores_per_node,
+            "debug": self.worker_debug}, driver_pid=os.getpid() if on_driver_host(self.provider) else None)
 
     def _launch_block(self, block_id: str) -> Any:
         job_id = super()._launch_block(block_id)
-        launch = self._launches[block_id]
-        launch.job_id = job_id
-        watcher = threading.Thread(target=self._watch_block, args=(launch,), daemon=True,
-                                   name=f"parsl-dragon-block-{block_id}")
-        self._watchers.append(watcher)
-        watcher.start()
+        self._blocks.watch(block_id, job_id, self.settings.startup_timeout_s)  # type: ignore[union-attr]
         return job_id
 
-    def _watch_block(self, launch: BlockLaunch) -> None:
-        assert self.settings is not None and self._client is not None
-        try:
-            info = wait_for_server(launch, self.settings.startup_timeout_s, lambda: self._job_status(launch),
-                                   cancelled=lambda: self._stopping)
-            link = self._connect(info, owner=True)
-        except DragonExecutorError as exc:
-            if not self._stopping:
-                self._on_block_failed(launch, exc)
-            return
-        except Exception as exc:  # a bug must not leave the block unaccounted for
-            logger.exception("Watcher of block %s failed", launch.block_id)
-            if not self._stopping:
-                self._on_block_failed(launch, ServerStartupError(f"block {launch.block_id}: {exc!r}"))
-            return
-        self._add_server(link, launch.block_id)
-
-    def _job_status(self, launch: BlockLaunch) -> Optional[JobStatus]:
-        if launch.job_id is None or self.provider is None:
-            return None
-        try:
-            return self.provider.status([launch.job_id])[0]
-        except Exception as exc:
-            logger.warning("Could not poll job %s of block %s: %s", launch.job_id, launch.block_id, exc)
-            return None
-
     def _on_block_failed(self, launch: BlockLaunch, exc: DragonExecutorError) -> None:
-        """A block produced no usable server: FAILED if its job ended, else MISSING (the job
-        may run, but no server ever connected); cancel it; with nothing else left, fail all."""
+        """A block produced no usable server: mark it FAILED or MISSING and cancel it; with
+        nothing else left, fail all."""
         logger.error("%s", exc)
-        job = self._job_status(launch)
-        state = JobState.FAILED if job is not None and job.state in TERMINAL_STATES else JobState.MISSING
-        self._simulated_status[launch.block_id] = JobStatus(state, str(exc))
-        if launch.job_id is not None and self.provider is not None:
-            self.provider.cancel([launch.job_id])  # no half-started server stays behind
+        self._simulated_status[launch.block_id] = self._blocks.failed_status(launch, exc)
+        self._blocks.cancel(launch)  # no half-started server stays behind
         with self._lock:
-            starting = [b for b, launch_ in self._launches.items()
-                        if b not in self._simulated_status and not self._has_server(b)]
+            starting = [b for b in self._launches if b not in self._simulated_status and not self._table.has_server(b)]
             hopeless = not self._router.servers and not starting
         if hopeless:
             exc.executor = self
             self.set_bad_state_and_fail_all(exc)
 
-    def _has_server(self, block_id: str) -> bool:
-        return any(s.block_id == block_id for s in self._servers)
-
     @property
     def _servers(self) -> List[RoutedServer]:
-        return list(self._router.servers.values())
-
-    def _add_server(self, link: ServerLink, block_id: Optional[str]) -> None:
-        """Take a new server's session; waiting tasks drain into it, or fail if they fit no server."""
-        with self._lock:
-            sends, misfits = self._router.add(link, block_id)
-            self._send(sends)
-            failed = [(self._tasks.pop(task_id, None), exc) for task_id, exc in misfits]
-        for future, exc in failed:  # resolved outside the lock, like every other outcome
-            if future is not None:
-                _set_exception(future, exc)
+        return self._table.servers
 
     def scale_out_facade(self, n: int) -> List[str]:
         if self._attached or self._stopping:
@@ -363,14 +283,10 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
     def scale_in(self, blocks: int) -> List[str]:
         """Stop ``blocks`` blocks, idle ones first: servers are asked to stop, then jobs cancelled."""
         active = [b for b, s in self._status.items() if s.state not in TERMINAL_STATES]
-        active.sort(key=lambda b: len(self._block_tasks(b)))
+        active.sort(key=lambda b: len(self._table.block_tasks(b)))
         chosen = active[:blocks]
         self._stop_blocks(chosen)
         return chosen
-
-    def _block_tasks(self, block_id: str) -> Set[int]:
-        with self._lock:
-            return set().union(*[s.tasks for s in self._servers if s.block_id == block_id])
 
     def _stop_blocks(self, block_ids: List[str]) -> None:
         with self._lock:
@@ -378,16 +294,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         for server in servers:
             self._detach(server.link.server_id, p.Shutdown(reason="block scaled in"))
         job_ids = [self.blocks_to_job_id[b] for b in block_ids if b in self.blocks_to_job_id]
-        self._wait_for_jobs(job_ids, STOP_WAIT_SECONDS if servers else 0.0)
-        if job_ids and self.provider is not None:
-            self.provider.cancel(job_ids)
-
-    def _wait_for_jobs(self, job_ids: List[str], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while job_ids and self.provider is not None and time.monotonic() < deadline:
-            if all(s.state in TERMINAL_STATES for s in self.provider.status(job_ids)):
-                return
-            time.sleep(0.2)
+        self._blocks.end_jobs(job_ids, STOP_WAIT_SECONDS if servers else 0.0)
 
     # ---- tasks -----------------------------------------------------------
     def submit(self, func: Callable, resource_specification: Dict[str, Any], *args: Any, **kwargs: Any) -> Future:
@@ -402,37 +309,15 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
                                      len(payload))
         if too_large:
             raise PayloadTooLarge(too_large, self)
-        future: Future = Future()
-        with self._lock:
-            task_id = self._task_counter + 1
-            sends = self._router.submit(task_id, spec, payload)  # a request larger than every block fails here
-            self._task_counter = task_id
-            future.parsl_executor_task_id = task_id  # type: ignore[attr-defined]
-            self._tasks[task_id] = future
-            self._send(sends)
-        return future
+        return self._table.submit(spec, payload)
 
     def _send(self, sends: List[Send]) -> None:
         for send in sends:
-            self._client.send_task(send.server_id, p.TaskEntry(send.task_id, send.spec), send.payload)  # type: ignore[union-attr]
+            self._client.send_task(  # type: ignore[union-attr]
+                send.server_id, p.TaskEntry(send.task_id, send.spec), send.payload)
 
     def outstanding(self) -> int:
         return len(self._tasks)
-
-    def _on_results(self, server_id: str, message: p.TaskResults) -> None:
-        """Resolve the futures of tasks this server holds; an outcome for any other task id
-        (never routed there, or already resolved) is dropped and logged."""
-        with self._lock:
-            ids = [result.task_id for result in message.results]
-            mine = self._router.in_flight(server_id, ids)
-            futures = [self._tasks.pop(i, None) if i in mine else None for i in ids]
-            self._send(self._router.finished(server_id, list(mine)))
-        if len(mine) < len(ids):
-            logger.warning("Ignored %d outcome(s) from server %s for tasks it does not hold: %s", len(ids) - len(mine),
-                           server_id, [i for i in ids if i not in mine][:10])
-        for future, result, payload in zip(futures, message.results, message.payloads):
-            if future is not None:
-                _resolve(future, result, payload)
 
     def _on_reconnected(self, server_id: str) -> None:
         """The link to a server came back: tell it which tasks we still wait for (``Sync``);
@@ -450,42 +335,25 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
             self.monitoring_messages.put(pickle.loads(payload))
 
     def _on_server_lost(self, server_id: str, why: str) -> None:
-        with self._lock:
-            server = self._router.remove(server_id)
-            if server is None:
-                return
-            lost = [self._tasks.pop(t) for t in sorted(server.tasks) if t in self._tasks]
+        server, lost = self._table.take_server(server_id)
+        if server is None:
+            return
         where = f"server {server_id} on {server.link.welcome.host} (block {server.block_id})"
         for future in lost:
-            _set_exception(future, ServerLost(f"{where} was lost: {why}; the task may be retried", self))
+            set_exception(future, ServerLost(f"{where} was lost: {why}; the task may be retried", self))
         if server.block_id is not None and not self._stopping:
             self._simulated_status[server.block_id] = JobStatus(JobState.FAILED, f"{where} lost: {why}")
-            self._cancel_block_job(server.block_id)
-
-    def _cancel_block_job(self, block_id: str) -> None:
-        """Cancel a useless block's job in the background: frees the allocation, and its boot
-        process cleans up whatever of the runtime is left."""
-        job_id = self.blocks_to_job_id.get(block_id)
-        if job_id is None or self.provider is None:
-            return
-        provider = self.provider
-
-        def cancel() -> None:
-            try:
-                provider.cancel([job_id])
-            except Exception as exc:
-                logger.warning("Could not cancel job %s of lost block %s: %s", job_id, block_id, exc)
-        threading.Thread(target=cancel, name=f"parsl-dragon-cancel-{block_id}", daemon=True).start()
+            job_id = self.blocks_to_job_id.get(server.block_id)
+            if job_id is not None:
+                self._blocks.cancel_in_background(server.block_id, job_id)
 
     # ---- shutdown --------------------------------------------------------
     def _detach(self, server_id: str, message: p.Message) -> None:
-        with self._lock:
-            server = self._router.remove(server_id)
-            lost = [self._tasks.pop(t) for t in sorted(server.tasks) if t in self._tasks] if server else []
+        server, lost = self._table.take_server(server_id)
         if server is not None and self._client is not None:
             self._client.disconnect(server_id, message)
         for future in lost:
-            _set_exception(future, ServerLost(f"server {server_id} was stopped before the task finished", self))
+            set_exception(future, ServerLost(f"server {server_id} was stopped before the task finished", self))
 
     def shutdown(self) -> None:
         """Stop owned servers and their blocks, detach from shared ones. Safe twice and before start."""
@@ -501,43 +369,9 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
                          else p.Goodbye())
         job_ids = [j for b, j in self.blocks_to_job_id.items() if self._status.get(b) is None
                    or self._status[b].state not in TERMINAL_STATES or b in self._simulated_status]
-        self._wait_for_jobs(job_ids, STOP_WAIT_SECONDS)
-        if job_ids and self.provider is not None:
-            self.provider.cancel(job_ids)
-        for watcher in self._watchers:
-            watcher.join(timeout=5)
+        self._blocks.end_jobs(job_ids, STOP_WAIT_SECONDS)
+        self._blocks.join(timeout=5)
         self._client.close()  # type: ignore[union-attr]
-        with self._lock:
-            left = list(self._tasks.values())
-            self._tasks.clear()
-            self._router.clear()
-        for future in left:
-            _set_exception(future, DragonExecutorError("executor shut down before the task finished", self))
+        for future in self._table.clear():
+            set_exception(future, DragonExecutorError("executor shut down before the task finished", self))
         logger.info("DragonExecutor %s shut down", self.label)
-
-
-def _set_exception(future: Future, exc: BaseException) -> None:
-    try:
-        future.set_exception(exc)
-    except InvalidStateError:
-        pass
-
-
-def _resolve(future: Future, result: p.TaskResult, payload: bytes) -> None:
-    """Turn one TaskResult into the future's outcome, as HTEX does."""
-    try:
-        if result.status == p.OK:
-            future.set_result(deserialize(payload))
-        elif result.status == p.EXCEPTION:
-            wrapper = deserialize(payload)
-            try:
-                wrapper.reraise()
-            except BaseException as exc:  # a SystemExit re-raised from a task must not escape
-                future.set_exception(exc)
-        else:
-            host = f" on host {result.host}" if result.host else ""
-            future.set_exception(_failure(result.error_type, f"{result.error_type}{host}: {result.error}"))
-    except InvalidStateError:
-        pass
-    except BaseException as exc:  # e.g. unpickling that raises SystemExit: fail this future only
-        _set_exception(future, DeserializationError(f"result of task could not be deserialized: {exc!r}"))

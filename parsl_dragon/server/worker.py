@@ -30,12 +30,12 @@ from typing import Deque, Iterable, List, Optional, Set, Tuple
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from parsl_dragon.errors import RankFailure
+from parsl_dragon.errors import PAYLOAD_TOO_LARGE, SERIALIZATION_ERROR, TASK_LOST, RankFailure
 from parsl_dragon.task.mpi_env import mpi_task, read_report
 from parsl_dragon.wire import protocol as p
 from parsl_dragon.wire.security import make_worker_link
 
-logger = logging.getLogger("parsl_dragon.server.worker")
+logger = logging.getLogger(__name__)
 
 FLUSH_COUNT = 64
 FLUSH_BYTES = 64 << 20  # a batch of large results goes out without waiting for more
@@ -180,7 +180,7 @@ class Worker:
             logger.error("Tasks lost in the dropped link: %s", lost)
         for task_id in lost:
             self.results.append(p.TaskResult(
-                task_id=task_id, status=p.FAILED, host=self.host, error_type="TaskLost",
+                task_id=task_id, status=p.FAILED, host=self.host, error_type=TASK_LOST,
                 error=f"the task or its result was lost in flight when the link of worker {self.worker_id} "
                       "dropped; it may be retried"))
             self.payloads.append(b"")
@@ -192,11 +192,11 @@ class Worker:
                 status, outcome, error = run_task(payload, report)
         else:
             status, outcome, error = run_task(payload)
-        error_type = "SerializationError" if error else ""
+        error_type = SERIALIZATION_ERROR if error else ""
         too_large = p.oversize_error(f"the result of task {entry.task_id}", len(outcome))
         if too_large:
             logger.error("%s", too_large)
-            status, outcome, error_type, error = p.FAILED, b"", "PayloadTooLarge", too_large
+            status, outcome, error_type, error = p.FAILED, b"", PAYLOAD_TOO_LARGE, too_large
         self.results.append(p.TaskResult(task_id=entry.task_id, status=status, host=self.host,
                                          error_type=error_type, error=error))
         self.payloads.append(outcome)

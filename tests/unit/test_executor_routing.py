@@ -1,12 +1,14 @@
 """DragonExecutor without a runtime: waiting tasks and size checks as servers connect, results
-making room, the block command. (The router's own rules: tests/unit/test_routing.py.)"""
+making room (its TaskTable, futures.py), the block command (its BlockWatch, blocks.py).
+(The router's own rules: tests/unit/test_routing.py.)"""
 from concurrent.futures import Future
 
 import pytest
 from parsl.executors.errors import InvalidResourceSpecification
 
-from parsl_dragon.driver.client import ServerLink
+from parsl_dragon.core.spec import normalize_spec
 from parsl_dragon.driver.executor import DragonExecutor
+from parsl_dragon.driver.links import ServerLink
 from parsl_dragon.wire import protocol as p
 
 
@@ -28,7 +30,7 @@ def held(executor, task_id, spec):
     """A task submitted before any server connected: registered, waiting in the router."""
     future = Future()
     executor._tasks[task_id] = future
-    assert executor._router.submit(task_id, spec, b"payload") == []
+    assert executor._router.submit(task_id, normalize_spec(spec), b"payload") == []
     return future
 
 
@@ -37,7 +39,7 @@ def test_held_task_too_large_for_the_new_server_fails_and_the_rest_are_sent():
     executor._client = RecordingClient()
     too_big = held(executor, 1, {"num_nodes": 2, "ranks_per_node": 1, "num_ranks": 2, "pmi": "none"})
     fine = held(executor, 2, {})
-    executor._add_server(link(), block_id="0")
+    executor._table.add_server(link(), block_id="0")
     with pytest.raises(InvalidResourceSpecification, match="num_nodes"):
         too_big.result(timeout=1)
     assert not fine.done() and executor._client.sent == [("s1", 2)]
@@ -70,11 +72,11 @@ def test_a_block_that_connects_later_gets_the_waiting_tasks_and_results_make_roo
     executor = DragonExecutor(prefetch_capacity=0)
     executor._client = RecordingClient()
     futures = [held(executor, task_id, {}) for task_id in range(1, 5)]
-    executor._add_server(link("first"), block_id="0")
+    executor._table.add_server(link("first"), block_id="0")
     assert executor._client.sent == [("first", 1)]
-    executor._add_server(link("late"), block_id="1")
+    executor._table.add_server(link("late"), block_id="1")
     assert executor._client.sent == [("first", 1), ("late", 2)], "the late block takes the oldest waiting task"
-    executor._on_results("late", results(2))
+    executor._table.on_results("late", results(2))
     assert executor._client.sent[-1] == ("late", 3)
     assert futures[1].exception(timeout=1) is not None and not futures[2].done()
 
@@ -102,33 +104,33 @@ def ok(task_id):
 def test_an_outcome_counts_only_from_the_server_the_task_was_routed_to():
     executor = DragonExecutor()
     executor._client = RecordingClient()
-    executor._add_server(link("s1"), block_id="0")
-    executor._add_server(link("s2"), block_id="1")
+    executor._table.add_server(link("s1"), block_id="0")
+    executor._table.add_server(link("s2"), block_id="1")
     futures = {}
     for task_id in (1, 2):
         futures[task_id] = Future()
         executor._tasks[task_id] = futures[task_id]
-        executor._send(executor._router.submit(task_id, {}, b"payload"))
+        executor._send(executor._router.submit(task_id, normalize_spec({}), b"payload"))
     where = {task_id: server for server, task_id in executor._client.sent}
     other = {"s1": "s2", "s2": "s1"}
     forged, payload = ok(1)
-    executor._on_results(other[where[1]], p.TaskResults(results=[forged], payloads=[payload]))
+    executor._table.on_results(other[where[1]], p.TaskResults(results=[forged], payloads=[payload]))
     assert not futures[1].done(), "a server cannot resolve a task it was never given"
     real, payload = ok(1)
-    executor._on_results(where[1], p.TaskResults(results=[real], payloads=[payload]))
+    executor._table.on_results(where[1], p.TaskResults(results=[real], payloads=[payload]))
     assert futures[1].result() == 10
     again, payload = ok(1)
-    executor._on_results(where[1], p.TaskResults(results=[again], payloads=[payload]))  # a duplicate: ignored
+    executor._table.on_results(where[1], p.TaskResults(results=[again], payloads=[payload]))  # a duplicate: ignored
     assert futures[1].result() == 10 and not futures[2].done()
 
 
 def test_a_reconnected_link_syncs_the_tasks_still_out_at_that_server():
     executor = DragonExecutor()
     executor._client = ControlClient()
-    executor._add_server(link("s1", workers=4), block_id="0")
+    executor._table.add_server(link("s1", workers=4), block_id="0")
     for task_id in (3, 1, 2):
         executor._tasks[task_id] = Future()
-        executor._send(executor._router.submit(task_id, {}, b"payload"))
+        executor._send(executor._router.submit(task_id, normalize_spec({}), b"payload"))
     executor._on_reconnected("s1")
     [(server_id, message)] = executor._client.control
     assert server_id == "s1" and isinstance(message, p.Sync) and message.task_ids == [1, 2, 3]
@@ -137,15 +139,15 @@ def test_a_reconnected_link_syncs_the_tasks_still_out_at_that_server():
 
 
 def test_task_lost_from_a_sync_fails_the_future_with_task_lost():
-    from parsl_dragon.errors import TaskLost
+    from parsl_dragon.errors import TASK_LOST, TaskLost
     executor = DragonExecutor()
     executor._client = RecordingClient()
-    executor._add_server(link("s1"), block_id="0")
+    executor._table.add_server(link("s1"), block_id="0")
     future = Future()
     executor._tasks[1] = future
-    executor._send(executor._router.submit(1, {}, b"payload"))
-    executor._on_results("s1", p.TaskResults(results=[p.TaskResult(
-        task_id=1, status=p.FAILED, error_type="TaskLost", error="lost in flight")], payloads=[b""]))
+    executor._send(executor._router.submit(1, normalize_spec({}), b"payload"))
+    executor._table.on_results("s1", p.TaskResults(results=[p.TaskResult(
+        task_id=1, status=p.FAILED, error_type=TASK_LOST, error="lost in flight")], payloads=[b""]))
     with pytest.raises(TaskLost, match="lost in flight"):
         future.result()
 
@@ -172,3 +174,30 @@ def test_a_connection_file_naming_another_server_key_is_refused_before_connectin
                           created=0.0, log_path="/x")
     with pytest.raises(AuthenticationFailed, match="is not the server key in"):
         executor._connect(info, owner=True)  # no client exists: reaching connect() would fail differently
+
+
+def test_a_lost_server_fails_its_tasks_as_server_lost_and_marks_its_block_failed():
+    from parsl.jobs.states import JobState
+
+    from parsl_dragon.errors import ServerLost
+    executor = DragonExecutor()
+    executor._client = RecordingClient()
+    executor._table.add_server(link("s1"), block_id="0")
+    future = executor._table.submit(normalize_spec({}), b"payload")
+    executor._on_server_lost("s1", "lease expired")
+    with pytest.raises(ServerLost, match="server s1 on n1 \\(block 0\\) was lost: lease expired"):
+        future.result(timeout=1)
+    assert executor._simulated_status["0"].state == JobState.FAILED and not executor._servers
+    executor._on_server_lost("s1", "again")  # already forgotten: nothing happens
+    assert executor.outstanding() == 0
+
+
+def test_the_table_numbers_tasks_and_hands_back_open_futures_when_cleared():
+    executor = DragonExecutor(prefetch_capacity=0)
+    executor._client = RecordingClient()
+    executor._table.add_server(link("s1"), block_id="0")
+    first, second = (executor._table.submit(normalize_spec({}), b"p") for _ in range(2))
+    assert (first.parsl_executor_task_id, second.parsl_executor_task_id) == (1, 2)
+    assert executor._client.sent == [("s1", 1)] and executor._table.block_tasks("0") == {1}
+    assert executor._table.has_server("0") and not executor._table.has_server("1")
+    assert executor._table.clear() == [first, second] and executor.outstanding() == 0
