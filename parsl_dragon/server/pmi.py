@@ -38,5 +38,7 @@ def problem(backend: str, env: Optional[Mapping[str, str]] = None) -> Optional[s
         return ("pmi='pmix' needs a PMIx library (libpmix) on the nodes and none was found; without it "
                 "Dragon's PMIx server can hang the runtime. Use pmi='mpiexec' or pmi='none'")
     if backend == "mpiexec" and shutil.which("mpiexec", path=env.get("PATH")) is None:
-        return "pmi='mpiexec' needs an mpiexec on PATH on the task's first node and none was found"
+        return ("pmi='mpiexec' needs an mpiexec on PATH on the task's first node and none was found: load the "
+                "site's MPI (its module or PATH), or use pmi='cray' on HPE Cray EX systems or pmi='none' for ranks "
+                "without MPI wire-up")
     return None

@@ -52,9 +52,13 @@ class DragonRadioSender(MonitoringRadioSender):
     def _connect(self) -> zmq.Socket:
         if self._socket is None or self._pid != os.getpid():
             context = zmq.Context()  # a new context: the parent's is unusable after fork
-            sock = context.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 2000)
-            sock.connect(make_worker_link(sock, os.environ))
+            try:
+                sock = context.socket(zmq.DEALER)
+                sock.setsockopt(zmq.LINGER, 2000)  # a sender dropped right after send() still delivers
+                sock.connect(make_worker_link(sock, os.environ))
+            except BaseException:  # not inside a worker (KeyError): leave no context behind
+                context.destroy(linger=0)
+                raise
             self._socket, self._pid = sock, os.getpid()
         return self._socket
 
