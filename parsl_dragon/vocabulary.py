@@ -4,7 +4,7 @@ Pure (imports only :mod:`parsl_dragon.errors`), so every process may import it: 
 the block's boot process, the server, its workers and the code that runs inside tasks.
 
 * **PMI backends** of MPI tasks and the default (``DragonExecutor(pmi=)``, the resource key
-  ``pmi``, the server's ``--default-pmi``).
+  ``pmi``; the driver fills it into every MPI task's spec).
 * **Transports** of a block's runtime (``DragonExecutor(transport=)``, boot's ``--transport``).
 * **Environment variables**: the ``PARSL_DRAGON_*`` settings a user may set, and the ones we
   set for the processes we start (block token, worker link, task id, rank report).

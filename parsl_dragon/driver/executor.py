@@ -247,7 +247,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         assert self.settings is not None, "start() must run before blocks are launched"
         return self._blocks.command(block_id, self._executor_dir, self.settings, {
             "owner_timeout_ms": self.settings.owner_timeout_ms,
-            "host_address": host_address(self.address, self.provider), "default_pmi": self.pmi,
+            "host_address": host_address(self.address, self.provider),
             "heartbeat_period": self.heartbeat_period, "heartbeat_threshold": self.heartbeat_threshold,
             "rank_startup_timeout_ms": self.settings.rank_startup_timeout_ms,
             "workers_per_node": self.workers_per_node_arg, "cores_per_node": self.cores_per_node,

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import shlex
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Set, Tuple

@@ -18,12 +18,11 @@ from typing import List, Optional
 
 from parsl_dragon.errors import ConfigurationError
 from parsl_dragon.server import address
-from parsl_dragon.server.service import Server, ServerOptions
+from parsl_dragon.server.options import ServerOptions
+from parsl_dragon.server.service import Server
 from parsl_dragon.vocabulary import (
     DEFAULT_OWNER_TIMEOUT_MS,
-    DEFAULT_PMI,
     DEFAULT_RANK_STARTUP_TIMEOUT_MS,
-    PMI_BACKENDS,
     RANK_STARTUP_MS_PER_RANK,
     parse_timeout_ms,
 )
@@ -43,7 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers-per-node", type=int, default=None)
     parser.add_argument("--cores-per-node", type=int, default=None,
                         help="cores the slot table counts per node (default: what Dragon reports)")
-    parser.add_argument("--default-pmi", default=DEFAULT_PMI, choices=PMI_BACKENDS)
     parser.add_argument("--heartbeat-period", type=float, default=5.0)
     parser.add_argument("--heartbeat-threshold", type=int, default=3)
     parser.add_argument("--owner-timeout-ms", type=_timeout_ms, default=DEFAULT_OWNER_TIMEOUT_MS,
@@ -99,7 +97,7 @@ def options_from(args: argparse.Namespace) -> ServerOptions:
     return ServerOptions(
         connection_file=os.path.abspath(args.connection_file), log_path=os.path.abspath(args.log_file),
         server_keys=server_keys, client_keys=trusted, host_address=resolve_host_address(args.host_address),
-        cores_per_node=args.cores_per_node, default_pmi=args.default_pmi,
+        cores_per_node=args.cores_per_node,
         heartbeat_period=args.heartbeat_period, heartbeat_threshold=args.heartbeat_threshold,
         owner_timeout_ms=args.owner_timeout_ms, launch_id=args.launch_id,
         job_id=args.job_id or batch_job_id(os.environ), block_id=args.block_id, launcher_pid=args.launcher_pid,

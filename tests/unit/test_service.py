@@ -12,8 +12,12 @@ import zmq
 from parsl_dragon.core.placement import NodeSlots, Placement
 from parsl_dragon.core.scheduler import TaskScheduler
 from parsl_dragon.core.spec import TaskSpec, normalize_spec
+from parsl_dragon.errors import INVALID_RESOURCE_SPECIFICATION, TASK_LOST, WORKER_LOST
 from parsl_dragon.server.auth import CLIENT_DOMAIN
-from parsl_dragon.server.service import Server, ServerOptions
+from parsl_dragon.server.links import bind_router
+from parsl_dragon.server.options import ServerOptions
+from parsl_dragon.server.publish import publish
+from parsl_dragon.server.service import Server
 from parsl_dragon.wire import protocol as p
 from parsl_dragon.wire.connection import ConnectionInfo, connection_path, read_connection, write_connection
 from parsl_dragon.wire.security import ephemeral_pair
@@ -65,7 +69,7 @@ def server(tmp_path):
                             server_keys=ephemeral_pair(), client_keys=[], heartbeat_period=1.0,
                             heartbeat_threshold=3)
     srv = Server(options, FakeBackend())
-    srv.frontend, srv.backend_socket = FakeSocket(), FakeSocket()
+    srv.clients.links.sock, srv.worker_links.sock = FakeSocket(), FakeSocket()
     srv.scheduler = TaskScheduler([NodeSlots("n1", 4, 0, workers=2)])
     yield srv
     srv.context.destroy(linger=0)
@@ -93,7 +97,7 @@ def result(srv, server_task_id, worker_id="n1:1", payload=b"42"):
 
 def test_a_link_without_a_session_is_told_so_with_its_own_code(server):
     server._on_frontend(b"stranger", p.encode(p.Heartbeat(sent=0.0)))
-    [reply] = server.frontend.to(b"stranger")
+    [reply] = server.clients.links.sock.to(b"stranger")
     assert isinstance(reply, p.ErrorReply) and reply.code == p.NO_SESSION
 
 
@@ -101,29 +105,29 @@ def test_results_a_client_cannot_take_now_wait_in_order_and_heartbeats_are_not_k
     hello(server)
     worker(server)
     submit(server, 10, 11)
-    server.frontend.full.add(b"c1")
+    server.clients.links.sock.full.add(b"c1")
     result(server, 1, payload=b"first")
     server._tick(time.monotonic())  # a heartbeat while the client's queue is full: dropped, not kept
-    assert [type(m) for m in server.clients[b"c1"].backlog] == [p.TaskResults]
-    server.frontend.full.clear()
+    assert [type(m) for m in server.clients.links.waiting(b"c1")] == [p.TaskResults]
+    server.clients.links.sock.full.clear()
     result(server, 2, payload=b"second")  # queued behind the backlog, not ahead of it
-    assert len(server.clients[b"c1"].backlog) == 2
+    assert len(server.clients.links.waiting(b"c1")) == 2
     server._flush_backlogs()
-    results = server.frontend.to(b"c1", p.TaskResults)
+    results = server.clients.links.sock.to(b"c1", p.TaskResults)
     assert [(r.results[0].task_id, r.payloads[0]) for r in results] == [(10, b"first"), (11, b"second")]
-    assert not server.clients[b"c1"].backlog
+    assert not server.clients.links.waiting(b"c1")
 
 
 def test_sync_names_exactly_the_tasks_the_server_does_not_hold(server):
     hello(server)
     worker(server)
     submit(server, 10, 11)
-    server.frontend.unreachable.add(b"c1")
+    server.clients.links.sock.unreachable.add(b"c1")
     result(server, 1)  # task 10's result waits in the backlog: still held
-    server.frontend.unreachable.clear()
+    server.clients.links.sock.unreachable.clear()
     server._on_frontend(b"c1", p.encode(p.Sync(task_ids=[10, 11, 12])))
     server._flush_backlogs()
-    messages = server.frontend.to(b"c1")
+    messages = server.clients.links.sock.to(b"c1")
     assert isinstance(messages[-1], p.SyncReply) and messages[-1].unknown == [12]
     assert isinstance(messages[-2], p.TaskResults), "the backlog goes out before the reply"
 
@@ -131,25 +135,25 @@ def test_sync_names_exactly_the_tasks_the_server_does_not_hold(server):
 def test_a_task_for_an_unreachable_worker_is_delivered_when_it_comes_back(server):
     hello(server)
     worker(server)
-    server.backend_socket.unreachable.add(b"n1:1")
+    server.worker_links.sock.unreachable.add(b"n1:1")
     submit(server, 10)
-    assert not server.backend_socket.to(b"n1:1", p.SubmitTasks)
-    server.backend_socket.unreachable.clear()
+    assert not server.worker_links.sock.to(b"n1:1", p.SubmitTasks)
+    server.worker_links.sock.unreachable.clear()
     server._flush_backlogs()
-    [batch] = server.backend_socket.to(b"n1:1", p.SubmitTasks)
-    assert batch.payloads == [b"payload-10"] and not server.worker_backlogs
+    [batch] = server.worker_links.sock.to(b"n1:1", p.SubmitTasks)
+    assert batch.payloads == [b"payload-10"] and not server.worker_links.backlogs
 
 
 def test_a_worker_unreachable_for_a_lease_is_lost_and_its_task_fails(server):
     hello(server)
     worker(server)
-    server.backend_socket.unreachable.add(b"n1:1")
+    server.worker_links.sock.unreachable.add(b"n1:1")
     submit(server, 10)
     server._check_worker_backlogs(time.monotonic() + LEASE - 1)
-    assert not server.frontend.to(b"c1", p.TaskResults), "within the lease it only waits"
+    assert not server.clients.links.sock.to(b"c1", p.TaskResults), "within the lease it only waits"
     server._check_worker_backlogs(time.monotonic() + LEASE + 1)
-    [failed] = server.frontend.to(b"c1", p.TaskResults)
-    assert failed.results[0].task_id == 10 and failed.results[0].error_type == "WorkerLost"
+    [failed] = server.clients.links.sock.to(b"c1", p.TaskResults)
+    assert failed.results[0].task_id == 10 and failed.results[0].error_type == WORKER_LOST
     assert "unreachable" in failed.results[0].error and not server.tasks
 
 
@@ -158,12 +162,12 @@ def test_a_result_from_a_worker_the_task_was_not_sent_to_is_dropped(server):
     worker(server, "n1:1")
     worker(server, "n1:2")
     submit(server, 10)
-    sent_to = next(i for i, m in server.backend_socket.sent if isinstance(m, p.SubmitTasks))
+    sent_to = next(i for i, m in server.worker_links.sock.sent if isinstance(m, p.SubmitTasks))
     other = "n1:2" if sent_to == b"n1:1" else "n1:1"
     result(server, 1, worker_id=other, payload=b"forged")
-    assert not server.frontend.to(b"c1", p.TaskResults) and 1 in server.tasks
+    assert not server.clients.links.sock.to(b"c1", p.TaskResults) and 1 in server.tasks
     result(server, 1, worker_id=sent_to.decode(), payload=b"real")
-    [batch] = server.frontend.to(b"c1", p.TaskResults)
+    [batch] = server.clients.links.sock.to(b"c1", p.TaskResults)
     assert batch.payloads == [b"real"]
 
 
@@ -180,6 +184,10 @@ def test_no_owner_within_the_owner_timeout_of_publishing_stops_the_server(server
     assert "no owner connected within 60s" in server._stopping and "PARSL_DRAGON_OWNER_TIMEOUT" in server._stopping
 
 
+def _publish(srv, info):
+    return publish(info, srv.options.connection_file, os.path.dirname(srv.options.log_path))
+
+
 def _info(server_id, pid):
     return ConnectionInfo(protocol=p.PROTOCOL_VERSION, address="tcp://127.0.0.1:1", server_public_key="k",
                           host=socket.gethostname(), pid=pid, launcher_pid=None, job_id=None, block_id="0",
@@ -191,7 +199,7 @@ def test_a_shared_path_held_by_a_live_server_is_left_to_it(server, tmp_path):
     shared.mkdir(mode=0o700)
     server.options.connection_file = connection_path(str(shared))
     write_connection(server.options.connection_file, _info("other", os.getpid()))
-    where = server._publish(_info("mine", os.getpid()))
+    where = _publish(server, _info("mine", os.getpid()))
     assert where == connection_path(str(tmp_path / "block"))
     assert read_connection(server.options.connection_file).server_id == "other"
     assert read_connection(where).server_id == "mine"
@@ -206,12 +214,12 @@ def test_a_shared_path_held_by_a_dead_server_is_taken_over(server, tmp_path):
         os._exit(0)
     os.waitpid(dead, 0)
     write_connection(server.options.connection_file, _info("gone", dead))
-    assert server._publish(_info("mine", os.getpid())) == server.options.connection_file
+    assert _publish(server, _info("mine", os.getpid())) == server.options.connection_file
     assert read_connection(server.options.connection_file).server_id == "mine"
 
 
 def test_sockets_bind_only_the_published_address(server):
-    sock, port = server._bind(CLIENT_DOMAIN, server.options.server_keys.secret)
+    sock, port = bind_router(server.context, CLIENT_DOMAIN, server.options.server_keys.secret, "127.0.0.1")
     try:
         assert sock.getsockopt(zmq.LAST_ENDPOINT).decode() == f"tcp://127.0.0.1:{port}"
         assert sock.getsockopt(zmq.MAXMSGSIZE) == p.MAX_WIRE_FRAME_BYTES == p.MAX_FRAME_BYTES + 33
@@ -225,24 +233,24 @@ def test_a_worker_that_reconnects_is_told_which_tasks_it_should_hold(server):
     submit(server, 10, 11)
     result(server, 1)
     server._on_backend(b"n1:1", p.encode(p.WorkerResync(worker_id="n1:1")))
-    [mark] = server.backend_socket.to(b"n1:1", p.ResyncMark)
+    [mark] = server.worker_links.sock.to(b"n1:1", p.ResyncMark)
     assert mark.assigned == [2], "task 10 is answered; task 11 is still out at that worker"
     server._on_backend(b"n1:1", p.encode(p.TaskResults(results=[p.TaskResult(
-        task_id=2, status=p.FAILED, error_type="TaskLost", error="lost in flight")], payloads=[b""])))
-    lost = server.frontend.to(b"c1", p.TaskResults)[-1].results[0]
-    assert (lost.task_id, lost.error_type) == (11, "TaskLost") and not server.tasks
+        task_id=2, status=p.FAILED, error_type=TASK_LOST, error="lost in flight")], payloads=[b""])))
+    lost = server.clients.links.sock.to(b"c1", p.TaskResults)[-1].results[0]
+    assert (lost.task_id, lost.error_type) == (11, TASK_LOST) and not server.tasks
     server._on_backend(b"stranger", p.encode(p.WorkerResync(worker_id="stranger")))
-    assert not server.backend_socket.to(b"stranger")
+    assert not server.worker_links.sock.to(b"stranger")
 
 
 # ---- resource specifications and placements
 
 def _failed(srv, identity=b"c1"):
-    return [r for batch in srv.frontend.to(identity, p.TaskResults) for r in batch.results if r.status == p.FAILED]
+    return [r for batch in srv.clients.links.sock.to(identity, p.TaskResults) for r in batch.results if r.status == p.FAILED]
 
 
 def _entries(srv, worker_id=b"n1:1"):
-    return [entry for batch in srv.backend_socket.to(worker_id, p.SubmitTasks) for entry in batch.tasks]
+    return [entry for batch in srv.worker_links.sock.to(worker_id, p.SubmitTasks) for entry in batch.tasks]
 
 
 def test_a_spec_refused_on_the_wire_fails_only_that_task(server):
@@ -252,14 +260,14 @@ def test_a_spec_refused_on_the_wire_fails_only_that_task(server):
         {"task_id": 10, "spec": {"num_nodes": "x"}}, {"task_id": 11, "spec": {"cores": 2}},
         {"task_id": 12, "spec": {}}]}).encode()
     server._on_frontend(b"c1", [header, b"p10", b"p11", b"p12"])
-    assert not server.frontend.to(b"c1", p.ErrorReply), "the message and the session stand"
+    assert not server.clients.links.sock.to(b"c1", p.ErrorReply), "the message and the session stand"
     failed = {r.task_id: r for r in _failed(server)}
     assert sorted(failed) == [10, 11]
-    assert all(r.error_type == "InvalidResourceSpecification" for r in failed.values())
+    assert all(r.error_type == INVALID_RESOURCE_SPECIFICATION for r in failed.values())
     assert "num_ranks" in failed[10].error and "'cores'" in failed[11].error
     [entry] = _entries(server)
     assert entry.spec == TaskSpec() and entry.placement is None
-    assert server.backend_socket.to(b"n1:1", p.SubmitTasks)[0].payloads == [b"p12"]
+    assert server.worker_links.sock.to(b"n1:1", p.SubmitTasks)[0].payloads == [b"p12"]
 
 
 def test_a_spec_too_large_for_the_block_fails_only_that_task(server):
@@ -290,5 +298,5 @@ def test_an_mpi_task_reaches_its_worker_with_spec_and_placement_and_its_ranks_us
     assert (job.hosts, job.cores, job.gpus, job.ranks_per_node) == (["n1"], [[0, 1]], [[]], 2)
     assert (job.pmi, job.cpu_bind, job.walltime) == ("none", True, 9.0)
     server._on_backend(b"launcher", p.encode(p.LaunchRanks(task_id=2, argv=["a.out"], cwd="/")))
-    [reply] = server.backend_socket.to(b"launcher", p.RanksDone)
+    [reply] = server.worker_links.sock.to(b"launcher", p.RanksDone)
     assert "no running MPI task 2" in reply.error and len(jobs) == 1, "a serial task has no ranks to launch"

@@ -1,0 +1,121 @@
+"""Sending on one of the server's ROUTER sockets without dropping anything.
+
+Both sockets are ``ROUTER_MANDATORY``: a send to a peer that is momentarily unreachable
+(``EHOSTUNREACH``) or behind (its queue full, ``EAGAIN``) fails instead of vanishing. What a
+peer cannot take now waits in that peer's :class:`Backlog`, in order, and goes out first at
+every turn of the service loop (:meth:`Peers.flush`). Messages not worth keeping (heartbeats,
+replies to bad messages, links without a session) are sent once or dropped with a log line.
+The service decides what an old backlog means: a worker unreachable for a lease is lost.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Deque, Dict, Iterable, List, Optional, Tuple
+
+import zmq
+
+from parsl_dragon.vocabulary import ENV_SERVER_ID, ENV_WORKER_ADDRESS, ENV_WORKER_SECRET, ENV_WORKER_SERVER_KEY
+from parsl_dragon.wire import protocol as p
+from parsl_dragon.wire.security import make_curve_server
+
+logger = logging.getLogger(__name__)
+
+UNSENT = (errno.EAGAIN, errno.EHOSTUNREACH)  # ROUTER_MANDATORY: peer's queue full, or peer not connected
+
+
+@dataclass
+class Backlog:
+    """What one peer could not take yet, oldest first, and since when."""
+
+    since: float
+    messages: Deque[p.Message] = field(default_factory=deque)
+
+
+def try_send(sock: zmq.Socket, identity: bytes, message: p.Message) -> Optional[str]:
+    """Send without blocking; why it was not sent (queue full, peer not connected), or None."""
+    try:
+        sock.send_multipart([identity, *p.encode(message)], zmq.NOBLOCK)
+        return None
+    except zmq.ZMQError as exc:
+        if exc.errno in UNSENT:
+            return exc.strerror
+        raise
+
+
+class Peers:
+    """The peers of one ROUTER socket (``name`` says which, for the log) and their backlogs."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sock: Optional[zmq.Socket] = None  # set once bound
+        self.backlogs: Dict[bytes, Backlog] = {}
+
+    def send(self, identity: bytes, message: p.Message, keep: bool = True) -> None:
+        """Send, or with ``keep`` queue behind what already waits for this peer."""
+        backlog = self.backlogs.get(identity)
+        if backlog is not None and keep:
+            backlog.messages.append(message)
+            return
+        problem = try_send(self.sock, identity, message)  # type: ignore[arg-type]
+        if problem is None:
+            return
+        if keep:
+            logger.info("%s link %r cannot take %s now (%s): kept in its backlog", self.name, identity,
+                        type(message).__name__, problem)
+            self.backlogs[identity] = Backlog(time.monotonic(), deque([message]))
+        else:
+            logger.debug("Not sent: %s to %s link %r (%s)", type(message).__name__, self.name, identity, problem)
+
+    def flush(self) -> None:
+        """Send what waits, oldest first, until a peer's socket refuses again."""
+        for identity, backlog in list(self.backlogs.items()):
+            while backlog.messages and try_send(self.sock, identity, backlog.messages[0]) is None:  # type: ignore
+                backlog.messages.popleft()
+            if not backlog.messages:
+                del self.backlogs[identity]
+
+    def waiting(self, identity: bytes) -> Iterable[p.Message]:
+        """What waits for ``identity`` (sent, as far as its sender is concerned)."""
+        backlog = self.backlogs.get(identity)
+        return tuple(backlog.messages) if backlog is not None else ()
+
+    def forget(self, identity: bytes) -> None:
+        """Drop what waits for a peer whose session is over."""
+        self.backlogs.pop(identity, None)
+
+    def overdue(self, now: float, lease: float) -> List[Tuple[bytes, Backlog]]:
+        """Remove and return the backlogs waiting longer than ``lease`` seconds."""
+        late = [(identity, backlog) for identity, backlog in self.backlogs.items() if now - backlog.since > lease]
+        for identity, _ in late:
+            del self.backlogs[identity]
+        return late
+
+
+def bind_router(context: zmq.Context, domain: str, secret: bytes, host_address: str) -> Tuple[zmq.Socket, int]:
+    """A CURVE ROUTER of ZAP ``domain`` on the published address only (not every interface of
+    the node): ``ROUTER_MANDATORY`` (nothing vanishes), ``ROUTER_HANDOVER`` (a reconnected link
+    resumes its session), frames capped at the protocol's limit. Returns it and its port."""
+    sock = context.socket(zmq.ROUTER)
+    make_curve_server(sock, secret, domain)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_WIRE_FRAME_BYTES)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    port = sock.bind_to_random_port(f"tcp://{host_address}")
+    return sock, port
+
+
+def worker_environment(address: str, secret: bytes, server_id: str, block_id: Optional[str]) -> Dict[str, str]:
+    """What the server's workers (and every task they run) need to open a worker link to it."""
+    return {
+        ENV_WORKER_ADDRESS: address,
+        ENV_WORKER_SECRET: secret.decode(),
+        ENV_WORKER_SERVER_KEY: zmq.curve_public(secret).decode(),
+        ENV_SERVER_ID: server_id,
+        "PARSL_WORKER_BLOCK_ID": block_id or "",  # Parsl's conventions (monitoring)
+        "PARSL_WORKER_POOL_ID": server_id,
+    }

@@ -1,0 +1,35 @@
+"""The server's settings: what ``server/main.py`` parses from the command line for the service."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from parsl_dragon.vocabulary import DEFAULT_OWNER_TIMEOUT_MS, DEFAULT_RANK_STARTUP_TIMEOUT_MS
+from parsl_dragon.wire.security import KeyPair
+
+
+@dataclass
+class ServerOptions:
+    """Everything one block's server needs; timeouts in milliseconds, ``-1`` (NO_LIMIT) for none."""
+
+    connection_file: str
+    log_path: str
+    server_keys: KeyPair
+    client_keys: List[bytes]
+    host_address: str = "127.0.0.1"
+    cores_per_node: Optional[int] = None
+    heartbeat_period: float = 5.0
+    heartbeat_threshold: int = 3
+    owner_timeout_ms: int = DEFAULT_OWNER_TIMEOUT_MS
+    job_id: Optional[str] = None
+    block_id: Optional[str] = None
+    launch_id: Optional[str] = None
+    launcher_pid: Optional[int] = None
+    rank_startup_timeout_ms: int = DEFAULT_RANK_STARTUP_TIMEOUT_MS  # plus a per-rank allowance
+    cwd: str = field(default_factory=os.getcwd)
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long a peer may stay silent (clients) or unreachable (workers) before it is lost."""
+        return self.heartbeat_period * self.heartbeat_threshold
