@@ -12,11 +12,14 @@ from parsl_dragon.errors import (
     DragonExecutorError,
     HandshakeTimeout,
     InsecureKeyPath,
+    InsecurePath,
+    PayloadTooLarge,
     ProtocolError,
     RankFailure,
     ServerConnectionError,
     ServerLost,
     ServerStartupError,
+    TaskLost,
     VersionMismatch,
     WorkerLost,
 )
@@ -27,5 +30,6 @@ __version__ = "0.1.0"
 __all__ = [
     "DragonExecutor", "DragonLauncher", "DragonRadio", "DragonExecutorError", "ConfigurationError", "InsecureKeyPath",
     "ServerStartupError", "ServerConnectionError", "AuthenticationFailed", "HandshakeTimeout",
-    "VersionMismatch", "ServerLost", "WorkerLost", "ProtocolError", "RankFailure",
+    "VersionMismatch", "ServerLost", "WorkerLost", "TaskLost", "PayloadTooLarge", "InsecurePath", "ProtocolError",
+    "RankFailure",
 ]

@@ -99,3 +99,5 @@ def parse_pmi(value: object, name: str) -> str:
 # --- A block's boot process (server/boot.py; parsl-dragon teardown waits for it) -------------
 BOOT_MODULE = "parsl_dragon.server.boot"  # `python -m BOOT_MODULE ...`: what a provider runs per block
 RUNTIME_STOP_GRACE_SECONDS = 10.0  # boot: from asking its runtime to stop to killing it
+# --- Inside an MPI task: $PARSL_MPI_PREFIX is `<python> -m RANK_LAUNCHER_MODULE` (task/mpirun.py) ----
+RANK_LAUNCHER_MODULE = "parsl_dragon.task.mpirun"

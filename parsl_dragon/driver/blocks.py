@@ -38,6 +38,7 @@ from parsl.providers.base import ExecutionProvider
 
 from parsl_dragon.driver.settings import Settings
 from parsl_dragon.errors import ConfigurationError, DragonExecutorError, InsecurePath, ServerStartupError
+from parsl_dragon.vocabulary import BOOT_MODULE
 from parsl_dragon.wire import security
 from parsl_dragon.wire.connection import ConnectionInfo, connection_path, read_connection, remove_connection
 
@@ -80,7 +81,7 @@ def boot_command(launch: BlockLaunch, key_path: str, transport: str, server_opti
     ``driver_pid`` (blocks on the driver's own host) makes the block follow its driver:
     boot stops the runtime as soon as that process is gone.
     """
-    args = [python, "-m", "parsl_dragon.server.boot", "--block-dir", launch.block_dir,
+    args = [python, "-m", BOOT_MODULE, "--block-dir", launch.block_dir,
             "--transport", transport]
     if driver_pid is not None:
         args += ["--driver-pid", str(driver_pid)]

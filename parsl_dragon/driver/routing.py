@@ -25,7 +25,7 @@ from parsl_dragon.core.placement import NodeSlots
 from parsl_dragon.core.spec import TaskSpec, check_fits
 
 if TYPE_CHECKING:  # the router itself needs no sockets
-    from parsl_dragon.driver.client import ServerLink
+    from parsl_dragon.driver.links import ServerLink
 
 
 class Send(NamedTuple):

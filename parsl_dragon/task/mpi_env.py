@@ -28,7 +28,7 @@ from typing import Dict, Iterator, List, Tuple
 
 from parsl_dragon.core.placement import Placement
 from parsl_dragon.core.spec import TaskSpec
-from parsl_dragon.vocabulary import ENV_RANK_REPORT, ENV_TASK
+from parsl_dragon.vocabulary import ENV_RANK_REPORT, ENV_TASK, RANK_LAUNCHER_MODULE
 
 REPORT_FILE = "ranks.json"
 
@@ -40,7 +40,7 @@ def task_environment(task_id: int, spec: TaskSpec, placement: Placement, report:
         "PARSL_RANKS_PER_NODE": str(spec.ranks_per_node),
         "PARSL_NUM_RANKS": str(spec.num_ranks),
         "PARSL_MPI_NODELIST": ",".join(placement.hosts),
-        "PARSL_MPI_PREFIX": f"{shlex.quote(sys.executable)} -m parsl_dragon.task.mpirun",
+        "PARSL_MPI_PREFIX": f"{shlex.quote(sys.executable)} -m {RANK_LAUNCHER_MODULE}",
         ENV_TASK: str(task_id),
         ENV_RANK_REPORT: report,
     }

@@ -50,6 +50,7 @@ from parsl_dragon.vocabulary import (
     ENV_WORKER_SECRET,
     ENV_WORKER_SERVER_KEY,
     NO_LIMIT,
+    RANK_LAUNCHER_MODULE,
     WORKER_LINK_VARS,
     parse_timeout_ms,
 )
@@ -58,7 +59,7 @@ from parsl_dragon.wire.security import make_worker_link
 
 logger = logging.getLogger(__name__)
 
-PROGRAM = "parsl_dragon.task.mpirun"
+PROGRAM = RANK_LAUNCHER_MODULE
 _HIDDEN = (ENV_WORKER_SECRET,)
 _REQUIRED = (ENV_TASK, *WORKER_LINK_VARS)
 _LINK_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH

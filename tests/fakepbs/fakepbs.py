@@ -219,7 +219,7 @@ def qsub(argv: List[str]) -> int:
 def carriers(job_id: str) -> List[int]:
     """Pids whose environment has PBS_JOBID=job_id (not this process).
 
-    The same /proc scan as parsl_dragon.server.boot.processes_with_token, written out on
+    The same /proc scan as parsl_dragon.host.processes.processes_with_token, written out on
     purpose: this fake stands in for an external batch system, stays stdlib-only and runs
     under any python3, where importing parsl_dragon (Parsl, ZeroMQ) may not be possible."""
     needle = f"PBS_JOBID={job_id}".encode()

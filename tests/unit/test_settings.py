@@ -9,7 +9,6 @@ from parsl_dragon import vocabulary as v
 from parsl_dragon.driver import settings as s
 from parsl_dragon.errors import ConfigurationError, DragonExecutorError
 
-
 # ---------------------------------------------------------------- defaults
 
 def test_defaults_with_empty_environment():
