@@ -1,0 +1,1 @@
+"""The driver side: the executor Parsl loads, its blocks, its links to servers and its futures."""

@@ -1,0 +1,1 @@
+"""Code that runs inside tasks: the MPI environment, $PARSL_MPI_PREFIX, the monitoring radio."""
