@@ -48,6 +48,11 @@ ENV_RANK_REPORT = "PARSL_DRAGON_RANK_REPORT"            # worker -> MPI task: wh
 # What a process needs to open a worker link to its server (workers, $PARSL_MPI_PREFIX, the radio).
 WORKER_LINK_VARS: Tuple[str, ...] = (ENV_WORKER_ADDRESS, ENV_WORKER_SECRET, ENV_WORKER_SERVER_KEY)
 
+# --- Leases: both ends send a Heartbeat every period; a peer silent for period x threshold is lost --
+DEFAULT_HEARTBEAT_PERIOD_S = 5.0
+DEFAULT_HEARTBEAT_THRESHOLD = 3
+LOOPBACK = "127.0.0.1"  # what a block on the driver's own host publishes (nothing else can reach it)
+
 # --- Timeouts (milliseconds; NO_LIMIT waits forever) -----------------------------------------
 NO_LIMIT = -1
 DEFAULT_STARTUP_TIMEOUT_MS = 300_000  # a block's job until its server answers

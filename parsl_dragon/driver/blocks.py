@@ -38,7 +38,7 @@ from parsl.providers.base import ExecutionProvider
 
 from parsl_dragon.driver.settings import Settings
 from parsl_dragon.errors import ConfigurationError, DragonExecutorError, InsecurePath, ServerStartupError
-from parsl_dragon.vocabulary import BOOT_MODULE
+from parsl_dragon.vocabulary import BOOT_MODULE, LOOPBACK
 from parsl_dragon.wire import security
 from parsl_dragon.wire.connection import ConnectionInfo, connection_path, read_connection, remove_connection
 
@@ -181,7 +181,7 @@ def host_address(address: Optional[str], provider: Optional[ExecutionProvider]) 
     """The address a block's server publishes: ``address`` if set, else loopback on the driver's host."""
     if address:
         return address
-    return "127.0.0.1" if on_driver_host(provider) else "auto"
+    return LOOPBACK if on_driver_host(provider) else "auto"
 
 
 class BlockWatch:

@@ -55,7 +55,7 @@ from parsl_dragon.errors import (
     ServerLost,
 )
 from parsl_dragon.task.monitoring import DragonRadio
-from parsl_dragon.vocabulary import DEFAULT_PMI, parse_pmi
+from parsl_dragon.vocabulary import DEFAULT_HEARTBEAT_PERIOD_S, DEFAULT_HEARTBEAT_THRESHOLD, DEFAULT_PMI, parse_pmi
 from parsl_dragon.wire import protocol as p
 from parsl_dragon.wire import security
 from parsl_dragon.wire.connection import ConnectionInfo, connection_path, remove_connection
@@ -129,8 +129,9 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
                  server_path: Optional[str] = None, transport: Optional[str] = None,
                  startup_timeout_ms: Optional[int] = None, timeout_ms: Optional[int] = None,
                  key_path: Optional[str] = None, rank_startup_timeout_ms: Optional[int] = None,
-                 owner_timeout_ms: Optional[int] = None, heartbeat_period: Union[int, float] = 5.0,
-                 heartbeat_threshold: int = 3, address: Optional[str] = None,
+                 owner_timeout_ms: Optional[int] = None,
+                 heartbeat_period: Union[int, float] = DEFAULT_HEARTBEAT_PERIOD_S,
+                 heartbeat_threshold: int = DEFAULT_HEARTBEAT_THRESHOLD, address: Optional[str] = None,
                  prefetch_capacity: int = DEFAULT_PREFETCH, worker_debug: bool = False,
                  block_error_handler: Union[bool, Callable] = True,
                  remote_monitoring_radio: Optional[RadioConfig] = None) -> None:

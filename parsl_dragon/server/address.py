@@ -14,6 +14,8 @@ import socket
 import struct
 from typing import List, Optional
 
+from parsl_dragon.vocabulary import LOOPBACK
+
 logger = logging.getLogger(__name__)
 
 _SIOCGIFADDR, _SIOCGIFFLAGS, _IFF_UP = 0x8915, 0x8913, 0x1
@@ -67,7 +69,7 @@ def host_address(value: str) -> str:
             return address
     logger.warning("No non-loopback address found on %s: publishing 127.0.0.1 (only clients on this "
                    "host can connect)", socket.gethostname())
-    return "127.0.0.1"
+    return LOOPBACK
 
 
 def _interface_names() -> List[str]:

@@ -21,8 +21,11 @@ from parsl_dragon.server import address
 from parsl_dragon.server.options import ServerOptions
 from parsl_dragon.server.service import Server
 from parsl_dragon.vocabulary import (
+    DEFAULT_HEARTBEAT_PERIOD_S,
+    DEFAULT_HEARTBEAT_THRESHOLD,
     DEFAULT_OWNER_TIMEOUT_MS,
     DEFAULT_RANK_STARTUP_TIMEOUT_MS,
+    LOOPBACK,
     RANK_STARTUP_MS_PER_RANK,
     parse_timeout_ms,
 )
@@ -38,12 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-file", required=True)
     parser.add_argument("--key-dir", required=True)
     parser.add_argument("--trust", action="append", default=[], help="extra trusted client public key (z85)")
-    parser.add_argument("--host-address", default="127.0.0.1")
+    parser.add_argument("--host-address", default=LOOPBACK)
     parser.add_argument("--workers-per-node", type=int, default=None)
     parser.add_argument("--cores-per-node", type=int, default=None,
                         help="cores the slot table counts per node (default: what Dragon reports)")
-    parser.add_argument("--heartbeat-period", type=float, default=5.0)
-    parser.add_argument("--heartbeat-threshold", type=int, default=3)
+    parser.add_argument("--heartbeat-period", type=float, default=DEFAULT_HEARTBEAT_PERIOD_S)
+    parser.add_argument("--heartbeat-threshold", type=int, default=DEFAULT_HEARTBEAT_THRESHOLD)
     parser.add_argument("--owner-timeout-ms", type=_timeout_ms, default=DEFAULT_OWNER_TIMEOUT_MS,
                         help="ms to wait, once the connection file is written, for the owner; -1: no limit")
     parser.add_argument("--rank-startup-timeout-ms", type=_timeout_ms, default=DEFAULT_RANK_STARTUP_TIMEOUT_MS,

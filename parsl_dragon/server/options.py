@@ -5,7 +5,13 @@ import os
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from parsl_dragon.vocabulary import DEFAULT_OWNER_TIMEOUT_MS, DEFAULT_RANK_STARTUP_TIMEOUT_MS
+from parsl_dragon.vocabulary import (
+    DEFAULT_HEARTBEAT_PERIOD_S,
+    DEFAULT_HEARTBEAT_THRESHOLD,
+    DEFAULT_OWNER_TIMEOUT_MS,
+    DEFAULT_RANK_STARTUP_TIMEOUT_MS,
+    LOOPBACK,
+)
 from parsl_dragon.wire.security import KeyPair
 
 
@@ -17,10 +23,10 @@ class ServerOptions:
     log_path: str
     server_keys: KeyPair
     client_keys: List[bytes]
-    host_address: str = "127.0.0.1"
+    host_address: str = LOOPBACK
     cores_per_node: Optional[int] = None
-    heartbeat_period: float = 5.0
-    heartbeat_threshold: int = 3
+    heartbeat_period: float = DEFAULT_HEARTBEAT_PERIOD_S
+    heartbeat_threshold: int = DEFAULT_HEARTBEAT_THRESHOLD
     owner_timeout_ms: int = DEFAULT_OWNER_TIMEOUT_MS
     job_id: Optional[str] = None
     block_id: Optional[str] = None
