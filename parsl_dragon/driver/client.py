@@ -21,6 +21,7 @@ Threads and data flow (each arrow carries one small frozen work item)::
 The work items are the frozen dataclasses of ``work_items``. Each thread dispatches them
 through one dict from item type to handler; an item of any other type is a ``TypeError``
 naming it (raised to the caller for a command, logged by the result thread, which goes on).
+Messages from a server are dispatched the same way (a dict from message type to ``_on_<message>``).
 
 ZeroMQ sockets are used only by the thread that owns them: ``connect()`` does
 the handshake on the caller's thread with a fresh socket (``links.open_link``), then hands
@@ -85,8 +86,9 @@ class DragonClient:
         self.timeout_s = timeout_s
         self.heartbeat_period = heartbeat_period
         self.heartbeat_threshold = heartbeat_threshold
-        self._on_results, self._on_monitoring, self._on_server_lost = on_results, on_monitoring, on_server_lost
-        self._on_reconnected = on_reconnected
+        # the executor's callbacks, run on the result thread
+        self.results_callback, self.monitoring_callback = on_results, on_monitoring
+        self.server_lost_callback, self.reconnected_callback = on_server_lost, on_reconnected
         self.context = zmq.Context()
         self.links: Dict[str, ServerLink] = {}
         self._outbox: Deque[Union[OutgoingTask, Command]] = deque()
@@ -97,6 +99,9 @@ class DragonClient:
             ResultsArrived: self._on_results_arrived, MonitoringArrived: self._on_monitoring_arrived,
             TasksFailed: self._on_tasks_failed, ServerGone: self._on_server_gone,
             LinkReconnected: self._on_link_reconnected}
+        self._server_messages: Dict[type, Callable[[ServerLink, Any], None]] = {
+            p.TaskResults: self._on_task_results, p.Heartbeat: self._on_heartbeat, p.Monitoring: self._on_monitoring,
+            p.SyncReply: self._on_sync_reply, p.ErrorReply: self._on_error_reply}
         self._waker_lock = threading.Lock()
         self._waker_out: Optional[zmq.Socket] = None
         self._waker_in: Optional[zmq.Socket] = None
@@ -260,27 +265,35 @@ class DragonClient:
             self._on_message(link, message)
 
     def _on_message(self, link: ServerLink, message: p.Message) -> None:
-        if isinstance(message, p.TaskResults):
-            self._inbox.put(ResultsArrived(link.server_id, message))
-        elif isinstance(message, p.Heartbeat):
-            link.load = message
-        elif isinstance(message, p.Monitoring):
-            self._inbox.put(MonitoringArrived(message))
-        elif isinstance(message, p.SyncReply):
-            if message.unknown:
-                logger.error("Server %s does not hold %d task(s) this client sent it: lost in the reconnect",
-                             link.server_id, len(message.unknown))
-                self._inbox.put(TasksFailed(link.server_id, message.unknown, TASK_LOST,
-                                            f"the task was lost in flight when the connection to server "
-                                            f"{link.server_id} dropped; it may be retried"))
-        elif isinstance(message, p.ErrorReply):
-            logger.warning("Server %s reports: %s", link.server_id, message.reason)
-            if message.code == p.STOPPING:
-                link.stopping = message.reason
-            elif message.code == p.NO_SESSION:
-                link.stopping = f"the server holds no session for this client any more: {message.reason}"
-        else:
+        handler = self._server_messages.get(type(message))
+        if handler is None:
             logger.warning("Unexpected %s from server %s", type(message).__name__, link.server_id)
+        else:
+            handler(link, message)
+
+    def _on_task_results(self, link: ServerLink, message: p.TaskResults) -> None:
+        self._inbox.put(ResultsArrived(link.server_id, message))
+
+    def _on_heartbeat(self, link: ServerLink, message: p.Heartbeat) -> None:
+        link.load = message
+
+    def _on_monitoring(self, link: ServerLink, message: p.Monitoring) -> None:
+        self._inbox.put(MonitoringArrived(message))
+
+    def _on_sync_reply(self, link: ServerLink, message: p.SyncReply) -> None:
+        if message.unknown:
+            logger.error("Server %s does not hold %d task(s) this client sent it: lost in the reconnect",
+                         link.server_id, len(message.unknown))
+            self._inbox.put(TasksFailed(link.server_id, message.unknown, TASK_LOST,
+                                        f"the task was lost in flight when the connection to server "
+                                        f"{link.server_id} dropped; it may be retried"))
+
+    def _on_error_reply(self, link: ServerLink, message: p.ErrorReply) -> None:
+        logger.warning("Server %s reports: %s", link.server_id, message.reason)
+        if message.code == p.STOPPING:
+            link.stopping = message.reason
+        elif message.code == p.NO_SESSION:
+            link.stopping = f"the server holds no session for this client any more: {message.reason}"
 
     def _heartbeat(self, now: float, poller: zmq.Poller) -> None:
         lease = self.heartbeat_period * self.heartbeat_threshold
@@ -313,19 +326,19 @@ class DragonClient:
                 logger.exception("Result callback failed for %s", type(item).__name__)
 
     def _on_results_arrived(self, item: ResultsArrived) -> None:
-        self._on_results(item.server_id, item.results)
+        self.results_callback(item.server_id, item.results)
 
     def _on_monitoring_arrived(self, item: MonitoringArrived) -> None:
-        self._on_monitoring(item.message)
+        self.monitoring_callback(item.message)
 
     def _on_tasks_failed(self, item: TasksFailed) -> None:
-        self._on_results(item.server_id, p.TaskResults(
+        self.results_callback(item.server_id, p.TaskResults(
             results=[p.TaskResult(task_id=i, status=p.FAILED, error_type=item.error_type, error=item.error)
                      for i in item.task_ids],
             payloads=[b""] * len(item.task_ids)))
 
     def _on_server_gone(self, item: ServerGone) -> None:
-        self._on_server_lost(item.server_id, item.why)
+        self.server_lost_callback(item.server_id, item.why)
 
     def _on_link_reconnected(self, item: LinkReconnected) -> None:
-        self._on_reconnected(item.server_id)
+        self.reconnected_callback(item.server_id)

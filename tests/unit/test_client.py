@@ -230,7 +230,7 @@ def test_a_failing_callback_does_not_stop_the_result_thread(caplog):
     def fail(server_id, why):
         raise SystemExit("from a task")
 
-    c._on_server_lost = fail
+    c.server_lost_callback = fail
     for item in (ServerGone("s1", "x"), LinkReconnected("s1"), ClientClosing()):
         c._inbox.put(item)
     with caplog.at_level(logging.ERROR, logger="parsl_dragon.driver.client"):
