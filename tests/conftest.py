@@ -4,11 +4,15 @@
   fresh 0700 temporary directory, so no test reads or writes ``~/.parsl_dragon``.
 * ``no_leaks`` (opt-in): fails a test that leaves Dragon/parsl-dragon processes,
   ``/dev/shm`` Dragon pools or ``/tmp/dragon-*`` behind. Helpers are in ``tests/leaks.py``.
+* ``deadline`` (opt-in): fails a test body that blocks for more than 10 s.
+* ``spawn`` (opt-in): starts stand-in processes, with or without a block token; kills and
+  reaps them afterwards.
 """
 
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 
 import pytest
@@ -18,7 +22,9 @@ try:  # tests/ as a package
 except ImportError:  # tests/ as a rootdir-relative conftest directory (pytest's default)
     import leaks
 
-KEY_PATH_VAR = "PARSL_DRAGON_KEY_PATH"
+from parsl_dragon.vocabulary import ENV_BLOCK_TOKEN, ENV_KEY_PATH
+
+KEY_PATH_VAR = ENV_KEY_PATH
 LEAK_TIMEOUT = 30.0
 OTHER_UID = 65534  # nobody: the tests run as root, who may chown a file to simulate another user
 
@@ -62,3 +68,26 @@ def deadline():
     yield
     signal.alarm(0)
     signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture
+def spawn():
+    """``spawn(token=None, extra_env=None, argv=("sleep", "300"))`` starts a child whose
+    environment carries the block token ``token`` (and no other); every child is killed and
+    reaped afterwards."""
+    children = []
+
+    def start(token=None, extra_env=None, argv=("sleep", "300")):
+        env = {k: v for k, v in os.environ.items() if k != ENV_BLOCK_TOKEN}
+        if token is not None:
+            env[ENV_BLOCK_TOKEN] = token
+        env.update(extra_env or {})
+        child = subprocess.Popen(list(argv), env=env)
+        children.append(child)
+        return child
+
+    yield start
+    for child in children:
+        if child.poll() is None:
+            child.kill()
+        child.wait(timeout=10)

@@ -191,31 +191,9 @@ def test_parser():
 
 # ---------------------------------------------------------------- stand-in processes; the cleanup shim
 
-@pytest.fixture
-def spawn():
-    """Start a ``sleep`` (a driver, a bystander), with or without a block token; reaped afterwards."""
-    children = []
-
-    def start(token=None, extra_env=None):
-        env = dict(os.environ)
-        env.pop(ENV_BLOCK_TOKEN, None)
-        if token is not None:
-            env[ENV_BLOCK_TOKEN] = token
-        env.update(extra_env or {})
-        child = subprocess.Popen(["sleep", "30"], env=env)
-        children.append(child)
-        return child
-
-    yield start
-    for child in children:
-        if child.poll() is None:
-            child.kill()
-        child.wait(timeout=10)
-
 
 def test_cleanup_shim_shadows_the_user_wide_dragon_cleanup(tmp_path, monkeypatch):
     import shutil
-    import subprocess
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     env = boot.block_environment("tok", bootdir.cleanup_shim(str(tmp_path)))
     found = shutil.which("dragon-cleanup", path=env["PATH"])

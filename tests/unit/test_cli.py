@@ -77,26 +77,6 @@ def client_keys(_isolated_key_path):
 
 
 @pytest.fixture
-def spawn():
-    """Start a child: ``spawn(argv, token=None)``; every child is killed and reaped afterwards."""
-    children = []
-
-    def start(argv=("sleep", "300"), token=None):
-        env = {k: v for k, v in os.environ.items() if k != ENV_BLOCK_TOKEN}
-        if token is not None:
-            env[ENV_BLOCK_TOKEN] = token
-        child = subprocess.Popen(list(argv), env=env)
-        children.append(child)
-        return child
-
-    yield start
-    for child in children:
-        if child.poll() is None:
-            child.kill()
-        child.wait(timeout=10)
-
-
-@pytest.fixture
 def fake_shm(tmp_path, monkeypatch):
     """Pools live in ``tmp_path/shm`` (never the real /dev/shm) under boot's naming."""
     directory = tmp_path / "shm"
@@ -447,8 +427,8 @@ def test_teardown_kills_every_token_process_only(tmp_path, capsys, spawn, client
 
 def test_teardown_escalates_to_sigkill(tmp_path, capsys, spawn, monkeypatch):
     token = uuid.uuid4().hex
-    stubborn = spawn([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-                                            "print('ready', flush=True); time.sleep(300)"], token=token)
+    stubborn = spawn(argv=[sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                                                 "print('ready', flush=True); time.sleep(300)"], token=token)
     wait_for(lambda: carries_token(stubborn.pid, token))
     time.sleep(0.5)  # let it install the handler
     monkeypatch.setattr(teardown, "TERM_GRACE", 1.0)
@@ -464,8 +444,8 @@ def test_teardown_signals_boot_process_proven_by_its_token_child(tmp_path, capsy
     block_dir = tmp_path / "block-0"
     # A stand-in boot process: no token itself, one child that carries it; its argv names the
     # boot module and the block dir, as the real one's does.
-    fake_boot = spawn(["sh", "-c", f"{ENV_BLOCK_TOKEN}={token} sleep 300 & wait",
-                       "parsl_dragon.server.boot", str(block_dir)])
+    fake_boot = spawn(argv=["sh", "-c", f"{ENV_BLOCK_TOKEN}={token} sleep 300 & wait",
+                            "parsl_dragon.server.boot", str(block_dir)])
     assert wait_for(lambda: len(processes_with_token(token)) == 1)
     [runtime] = processes_with_token(token)
     _write(tmp_path, _info(pid=runtime, launcher_pid=fake_boot.pid, block_token=token,

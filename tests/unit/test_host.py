@@ -40,26 +40,6 @@ def test_pool_prefix_matches_dragon_naming():
 
 # ---------------------------------------------------------------- leftover processes
 
-@pytest.fixture
-def spawn():
-    children = []
-
-    def start(token=None, extra_env=None, argv=("sleep", "30")):
-        env = dict(os.environ)
-        env.pop(ENV_BLOCK_TOKEN, None)
-        if token is not None:
-            env[ENV_BLOCK_TOKEN] = token
-        env.update(extra_env or {})
-        child = subprocess.Popen(list(argv), env=env)
-        children.append(child)
-        return child
-
-    yield start
-    for child in children:
-        if child.poll() is None:
-            child.kill()
-        child.wait(timeout=10)
-
 
 def test_processes_with_token_finds_only_carriers(spawn):
     token = uuid.uuid4().hex
@@ -102,7 +82,7 @@ def test_kill_leftovers_kills_carriers_only(spawn, caplog):
 def test_proc_facts_of_a_running_process_and_of_a_gone_one(spawn):
     child = spawn()
     assert processes.is_running(child.pid) and processes.parent_pid(child.pid) == os.getpid()
-    assert processes.command_line(child.pid)[:2] == [b"sleep", b"30"]
+    assert processes.command_line(child.pid)[:2] == [b"sleep", b"300"]
     assert processes.process_stat(child.pid)[1] >= processes.process_stat(os.getpid())[1]
     assert child.pid in processes.all_pids() and os.getpid() in processes.all_pids()
     child.kill()
