@@ -275,7 +275,7 @@ class DragonClient:
         self._inbox.put(ResultsArrived(link.server_id, message))
 
     def _on_heartbeat(self, link: ServerLink, message: p.Heartbeat) -> None:
-        link.load = message
+        pass  # last_seen is renewed by every message
 
     def _on_monitoring(self, link: ServerLink, message: p.Monitoring) -> None:
         self._inbox.put(MonitoringArrived(message))

@@ -45,7 +45,6 @@ class ServerLink:
     socket: zmq.Socket
     monitor: zmq.Socket  # connection events: a drop, then a new handshake, means re-sync
     last_seen: float = field(default_factory=time.monotonic)
-    load: Optional[p.Heartbeat] = None
     stopping: str = ""  # the server said it is stopping: lose it at the next tick, not after the lease
     down_since: Optional[float] = None  # the connection dropped; libzmq is reconnecting
 
