@@ -177,11 +177,12 @@ def on_driver_host(provider: Optional[ExecutionProvider]) -> bool:
     return isinstance(provider, LocalProvider)
 
 
-def host_address(address: Optional[str], provider: Optional[ExecutionProvider]) -> str:
-    """The address a block's server publishes: ``address`` if set, else loopback on the driver's host."""
+def host_address(address: Optional[str], provider: Optional[ExecutionProvider], spans_nodes: bool = False) -> str:
+    """The address a block's server publishes: ``address`` if set; loopback for a block on the
+    driver's own host alone; else ``auto``, resolved on whichever node Dragon starts the server."""
     if address:
         return address
-    return LOOPBACK if on_driver_host(provider) else "auto"
+    return LOOPBACK if on_driver_host(provider) and not spans_nodes else "auto"
 
 
 class BlockWatch:

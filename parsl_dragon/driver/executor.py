@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import socket
 from concurrent.futures import Future
 from typing import Any, Callable, Dict, List, Optional, Union
 
@@ -39,6 +40,7 @@ from parsl.serialize import pack_apply_message
 from parsl.utils import RepresentationMixin
 
 from parsl_dragon.core.spec import normalize_spec
+from parsl_dragon.host.allocation import job_to_span
 from parsl_dragon.driver.blocks import BlockLaunch, BlockWatch, host_address, on_driver_host, shared_server
 from parsl_dragon.driver.client import DragonClient
 from parsl_dragon.driver.futures import TaskTable, set_exception
@@ -75,7 +77,17 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
     label : str
         Executor label.
     provider : ExecutionProvider, optional
-        Where blocks run. Default: ``LocalProvider`` with one block on this machine.
+        Where blocks run. Default: one block on this machine, or, inside a Slurm or PBS
+        job, one block spanning that job (see ``in_allocation``).
+    in_allocation : bool, optional
+        Run in the batch job the driver lives in (``sbatch workflow.sh``, ``salloc``, a PBS
+        job): one Dragon runtime over the job's nodes (or ``allocation_nodes`` of them), a
+        published address that reaches the server on whichever node Dragon starts it, a core
+        kept for the driver on its node, and the job itself never cancelled. ``None``
+        (default): do so when there is no ``provider`` and the driver runs inside a job;
+        ``True``: require a job; ``False``: never (one block on this node only).
+    allocation_nodes : int, optional
+        Nodes of the job the block spans (default: all of them).
     workers_per_node : int, optional
         Persistent Python workers per node. Default: cores - 1 (Dragon's runtime
         busy-polls and needs a core), at least 1.
@@ -113,8 +125,8 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
     heartbeat_period, heartbeat_threshold :
         Leases both ways: a peer silent for period x threshold seconds is lost.
     address : str, optional
-        Address the server publishes for clients. Default ``127.0.0.1`` for a
-        ``LocalProvider``, else ``auto`` (the node's resolved host address).
+        Address the server publishes for clients and workers. Default ``127.0.0.1`` for a
+        block on this node alone, else ``auto`` (resolved on the node Dragon starts the server on).
     prefetch_capacity : int
         Tasks a server may hold beyond its worker count (HTEX's meaning). The rest wait
         in the executor and go to whichever server has room first, so blocks that
@@ -124,6 +136,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
 
     @typeguard.typechecked
     def __init__(self, label: str = "dragon", provider: Optional[ExecutionProvider] = None,
+                 in_allocation: Optional[bool] = None, allocation_nodes: Optional[int] = None,
                  workers_per_node: Optional[int] = None, cores_per_node: Optional[int] = None,
                  pmi: str = DEFAULT_PMI,
                  server_path: Optional[str] = None, transport: Optional[str] = None,
@@ -135,8 +148,12 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
                  prefetch_capacity: int = DEFAULT_PREFETCH, worker_debug: bool = False,
                  block_error_handler: Union[bool, Callable] = True,
                  remote_monitoring_radio: Optional[RadioConfig] = None) -> None:
+        self.in_allocation, self.allocation_nodes = in_allocation, allocation_nodes
+        self.allocation = job_to_span(provider, in_allocation, allocation_nodes)
         if provider is None:
-            provider = LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1, launcher=default_launcher())
+            nodes = self.allocation.span if self.allocation is not None else 1
+            provider = LocalProvider(nodes_per_block=nodes, init_blocks=1, min_blocks=0, max_blocks=1,
+                                     launcher=default_launcher())
         super().__init__(provider=provider, block_error_handler=block_error_handler)
         if workers_per_node is not None and workers_per_node < 1:
             raise ConfigurationError(f"workers_per_node must be >= 1, got {workers_per_node}")
@@ -248,7 +265,8 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         assert self.settings is not None, "start() must run before blocks are launched"
         return self._blocks.command(block_id, self._executor_dir, self.settings, {
             "owner_timeout_ms": self.settings.owner_timeout_ms,
-            "host_address": host_address(self.address, self.provider),
+            "host_address": host_address(self.address, self.provider, self._spans_nodes),
+            "driver_host": socket.gethostname() if self.allocation is not None else None,
             "heartbeat_period": self.heartbeat_period, "heartbeat_threshold": self.heartbeat_threshold,
             "rank_startup_timeout_ms": self.settings.rank_startup_timeout_ms,
             "workers_per_node": self.workers_per_node_arg, "cores_per_node": self.cores_per_node,
@@ -271,6 +289,11 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         if hopeless:
             exc.executor = self
             self.set_bad_state_and_fail_all(exc)
+
+    @property
+    def _spans_nodes(self) -> bool:
+        """Whether this executor's block spans several nodes of the driver's job."""
+        return self.allocation is not None and self.allocation.span > 1
 
     @property
     def _servers(self) -> List[RoutedServer]:

@@ -1,2 +1,3 @@
-"""Block hygiene on this host: proving which processes and /dev/shm files are a block's, and
-cleaning up only those (stdlib only; used by the block's boot process and by ``parsl-dragon``)."""
+"""Facts of this host: the batch job it runs in (driver and boot), and block hygiene -- proving
+which processes and /dev/shm files are a block's and cleaning up only those (boot and
+``parsl-dragon``). Standard library only."""

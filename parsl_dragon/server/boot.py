@@ -51,9 +51,10 @@ import sys
 import uuid
 from typing import Dict, List, Optional
 
-from parsl_dragon.errors import InsecurePath
+from parsl_dragon.errors import ConfigurationError, InsecurePath
+from parsl_dragon.host.allocation import check_can_span, current_allocation, pbs_hosts
 from parsl_dragon.host.processes import DriverWatch
-from parsl_dragon.server.bootdir import cleanup_shim, take_block_lock
+from parsl_dragon.server.bootdir import cleanup_shim, take_block_lock, write_file_nofollow
 from parsl_dragon.server.runtime import Boot
 from parsl_dragon.vocabulary import (
     AUTO_TRANSPORT,
@@ -91,24 +92,68 @@ def choose_transport(requested: str) -> str:
     return "tcp"
 
 
+# srun reads these from its environment; a batch script inherits them from the job's options
+# (e.g. --ntasks-per-node=2), and Dragon's own `srun --nodes=N --ntasks=N` then fails on them.
+SRUN_LAYOUT_VARS = ("SLURM_NTASKS", "SLURM_NPROCS", "SLURM_NTASKS_PER_NODE", "SLURM_NTASKS_PER_CORE",
+                    "SLURM_NTASKS_PER_SOCKET", "SLURM_NTASKS_PER_GPU", "SLURM_TASKS_PER_NODE", "SLURM_DISTRIBUTION",
+                    "SLURM_CPUS_PER_TASK", "SRUN_CPUS_PER_TASK", "SLURM_GPUS_PER_TASK", "SLURM_MEM_PER_CPU")
+
+
 def allocation_nodes(env: Dict[str, str]) -> int:
     """Number of nodes of the allocation we run in (0 outside any allocation)."""
-    if env.get("SLURM_JOB_ID"):
-        return int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or 1)
-    nodefile = env.get("PBS_NODEFILE")
-    if env.get("PBS_JOBID") and nodefile and os.path.exists(nodefile):
-        with open(nodefile) as handle:
-            return len({line.strip() for line in handle if line.strip()}) or 1
-    return 0
+    job = current_allocation(env)
+    return job.nodes if job is not None else 0
+
+
+def runtime_nodes(env: Dict[str, str]) -> int:
+    """Nodes the runtime spans: the block's size (``PARSL_DRAGON_NODES_PER_BLOCK``, exported by
+    DragonLauncher) where the job has more, else the job's (0 outside any allocation)."""
+    have, wanted = allocation_nodes(env), env.get(ENV_NODES_PER_BLOCK, "").strip()
+    if have and wanted.isdigit() and 1 <= int(wanted) < have:
+        return int(wanted)
+    return have
 
 
 def launch_mode_args(env: Dict[str, str]) -> List[str]:
     """``-s`` for one node or no allocation (Dragon refuses to start when it sees srun
-    but no allocation); ``-w slurm`` / ``-w pbs+pals`` for a multi-node allocation."""
-    nodes = allocation_nodes(env)
-    if nodes <= 1:
+    but no allocation); ``-w slurm`` / ``-w pbs+pals`` for a multi-node block."""
+    if runtime_nodes(env) <= 1:
         return ["-s"]
     return ["-w", "slurm"] if env.get("SLURM_JOB_ID") else ["-w", "pbs+pals"]
+
+
+def runtime_environment(env: Dict[str, str], block_dir: str) -> Dict[str, str]:
+    """What Dragon's launcher gets: without the task-layout variables its srun would inherit, and
+    shrunk to the block's nodes where the block spans fewer than the job (Slurm: the node count
+    Dragon's srun asks for; PBS: a node file of the block's hosts, this one first)."""
+    env = dict(env)
+    if not env.get("SLURM_JOB_ID"):
+        nodes = runtime_nodes(env)
+        if nodes and nodes < allocation_nodes(env):
+            hosts = pbs_hosts(env["PBS_NODEFILE"])
+            here = [h for h in hosts if h.split(".")[0] == socket.gethostname().split(".")[0]]
+            chosen = (here + [h for h in hosts if h not in here])[:nodes]
+            env["PBS_NODEFILE"] = write_file_nofollow(block_dir, "nodefile", "".join(h + "\n" for h in chosen), 0o600)
+        return env
+    dropped = [name for name in SRUN_LAYOUT_VARS if env.pop(name, None) is not None]
+    if dropped:
+        logger.info("Not passing %s to Dragon's srun (the job's task layout, not the runtime's)", ", ".join(dropped))
+    nodes = runtime_nodes(env)
+    if nodes and nodes < allocation_nodes(env):
+        env["SLURM_JOB_NUM_NODES"] = env["SLURM_NNODES"] = str(nodes)
+    return env
+
+
+def step_problem(env: Dict[str, str]) -> Optional[str]:
+    """Why a multi-node runtime cannot start here (inside a Slurm job step), or None."""
+    if runtime_nodes(env) > 1 and env.get("SLURM_JOB_ID") and env.get("SLURM_STEP_ID"):
+        job = current_allocation(env)
+        assert job is not None
+        try:
+            check_can_span(job, runtime_nodes(env))
+        except ConfigurationError as exc:
+            return exc.message
+    return None
 
 
 def dragon_command(transport: str, env: Dict[str, str], server_args: List[str]) -> List[str]:
@@ -142,7 +187,7 @@ def server_flag(server_args: List[str], flag: str) -> Optional[str]:
 def check_block_size(env: Dict[str, str]) -> None:
     """Warn when the block asked for more nodes than the allocation we see has."""
     wanted, have = env.get(ENV_NODES_PER_BLOCK), allocation_nodes(env)
-    if wanted and wanted.isdigit() and have and int(wanted) != have:
+    if wanted and wanted.isdigit() and have and int(wanted) > have:
         logger.warning("The block asked for %s nodes but the allocation has %d: the runtime uses %d",
                        wanted, have, have)
 
@@ -182,8 +227,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (InsecurePath, OSError) as exc:
         return _stop(exc, 2)
     check_block_size(env)
-    logger.info("Block on %s: allocation of %d node(s) (0: none), launch mode %s%s", socket.gethostname(),
-                allocation_nodes(env), " ".join(launch_mode_args(env)),
+    problem = step_problem(env)
+    if problem:
+        return _stop(problem, 2)
+    try:
+        env = runtime_environment(env, args.block_dir)
+    except (InsecurePath, OSError) as exc:
+        return _stop(exc, 2)
+    logger.info("Block on %s: allocation of %d node(s) (0: none), runtime on %d, launch mode %s%s",
+                socket.gethostname(), allocation_nodes(env), runtime_nodes(env), " ".join(launch_mode_args(env)),
                 f", following driver pid {args.driver_pid}" if driver else "")
     try:
         command = dragon_command(choose_transport(args.transport), env, server_args)

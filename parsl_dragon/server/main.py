@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trust", action="append", default=[], help="extra trusted client public key (z85)")
     parser.add_argument("--host-address", default=LOOPBACK)
     parser.add_argument("--workers-per-node", type=int, default=None)
+    parser.add_argument("--driver-host", default=None,
+                        help="the driver's node, inside the block (in its own job): one core there is kept for it")
     parser.add_argument("--cores-per-node", type=int, default=None,
                         help="cores the slot table counts per node (default: what Dragon reports)")
     parser.add_argument("--heartbeat-period", type=float, default=DEFAULT_HEARTBEAT_PERIOD_S)
@@ -100,7 +102,7 @@ def options_from(args: argparse.Namespace) -> ServerOptions:
     return ServerOptions(
         connection_file=os.path.abspath(args.connection_file), log_path=os.path.abspath(args.log_file),
         server_keys=server_keys, client_keys=trusted, host_address=resolve_host_address(args.host_address),
-        cores_per_node=args.cores_per_node,
+        cores_per_node=args.cores_per_node, driver_host=args.driver_host,
         heartbeat_period=args.heartbeat_period, heartbeat_threshold=args.heartbeat_threshold,
         owner_timeout_ms=args.owner_timeout_ms, launch_id=args.launch_id,
         job_id=args.job_id or batch_job_id(os.environ), block_id=args.block_id, launcher_pid=args.launcher_pid,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -25,6 +26,7 @@ class ServerOptions:
     client_keys: List[bytes]
     host_address: str = LOOPBACK
     cores_per_node: Optional[int] = None
+    driver_host: Optional[str] = None  # the node the driver runs on (a block in its job): one core kept for it
     heartbeat_period: float = DEFAULT_HEARTBEAT_PERIOD_S
     heartbeat_threshold: int = DEFAULT_HEARTBEAT_THRESHOLD
     owner_timeout_ms: int = DEFAULT_OWNER_TIMEOUT_MS
@@ -34,6 +36,21 @@ class ServerOptions:
     launcher_pid: Optional[int] = None
     rank_startup_timeout_ms: int = DEFAULT_RANK_STARTUP_TIMEOUT_MS  # plus a per-rank allowance
     cwd: str = field(default_factory=os.getcwd)
+
+    def cores_of(self, hostname: str, cpus: int) -> int:
+        """Cores the slot table counts on ``hostname``: ``cores_per_node`` (else what Dragon
+        reports), less one on the driver's node when the block runs in the driver's job."""
+        cores = self.cores_per_node or cpus
+        return max(1, cores - 1) if self.is_driver_host(hostname) else cores
+
+    def is_driver_host(self, hostname: str) -> bool:
+        """Whether Dragon's node ``hostname`` is the driver's (a one-node runtime calls its node
+        ``localhost``: then it is the server's own)."""
+        if self.driver_host is None:
+            return False
+        if hostname == "localhost":
+            hostname = socket.gethostname()
+        return hostname.split(".")[0] == self.driver_host.split(".")[0]
 
     @property
     def lease_seconds(self) -> float:

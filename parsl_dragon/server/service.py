@@ -104,7 +104,7 @@ class Server:
         self.worker_links.sock, back_port = bind_router(self.context, WORKER_DOMAIN, self.worker_keys.secret,
                                                         opts.host_address)
         worker_address = f"tcp://{opts.host_address}:{back_port}"
-        self.scheduler = TaskScheduler([NodeSlots(n.hostname, opts.cores_per_node or n.cpus, n.gpus)
+        self.scheduler = TaskScheduler([NodeSlots(n.hostname, opts.cores_of(n.hostname, n.cpus), n.gpus)
                                         for n in self.backend.nodes()])
         env = worker_environment(worker_address, self.worker_keys.secret, self.server_id, opts.block_id)
         count = self.backend.start_workers(worker_address, env, opts.cwd)

@@ -20,7 +20,7 @@ ALLOWED = {
     "wire": {"core"},
     "host": set(),
     "task": {"core", "wire"},
-    "driver": {"core", "wire", "task"},   # task: the DragonRadio config object only
+    "driver": {"core", "wire", "task", "host"},   # task: the DragonRadio config object only
     "server": {"core", "wire", "host", "task"},
     "cli": {"driver", "wire", "host"},
 }
