@@ -177,3 +177,54 @@ def test_two_node_block_runs_tasks_on_both_nodes(mn_cluster, no_leaks, tmp_path)
     for node in NODES:
         wait_until(lambda: not set(_node_shm(mn_cluster, node)) - shm_before[node], 60,
                    f"the job's files in {node}'s /dev/shm to go")
+
+
+def _ctl_job_state(env, job_id) -> str:
+    out = _in_ctl(env, "scontrol", "-o", "show", "job", job_id, capture_output=True, text=True, timeout=30)
+    return next((w.split("=", 1)[1] for w in out.stdout.split() if w.startswith("JobState=")), "")
+
+
+@pytest.mark.timeout(DRIVER_TIMEOUT + 1200)
+def test_a_driver_in_its_two_node_batch_job_spans_both_nodes(mn_cluster, no_leaks, tmp_path):
+    """``sbatch -N2 --ntasks-per-node=2 job.sh`` whose script runs the workflow: ``DragonExecutor()``
+    boots one runtime over both nodes, wherever Dragon puts the server."""
+    from tests.integration.test_in_allocation import batch_script, run_job
+    shm_before = {node: set(_node_shm(mn_cluster, node)) for node in NODES}
+    script = batch_script(tmp_path, nodes=2, tasks=8)
+    job_id = run_job(lambda cmd: _in_ctl(mn_cluster, *cmd, capture_output=True, text=True, timeout=60), script,
+                     state=lambda j: _ctl_job_state(mn_cluster, j), timeout=DRIVER_TIMEOUT)
+    report, run_dir = tmp_path / "report.json", str(tmp_path / "runinfo")
+    assert report.exists(), (tmp_path / "job.out").read_text()[-4000:]
+    result = json.loads(report.read_text())
+    assert result["error"] is None, f"{result}\n{_logs(run_dir)}"
+    server_log = glob.glob(os.path.join(run_dir, "*", "dragon", "block-0", "server.log"))[0]
+    line = next(line for line in open(server_log) if "Server address: " in line)
+    address, host = line.split("Server address: ")[1].split()[0], line.rsplit(" on ", 1)[1].strip()
+    print(f"in-job 2-node block: driver on {result['driver']}, server on {host} publishing {address}; "
+          f"tasks on {sorted(h for h, _ in result['where'])}")
+    assert host in NODES and address == f"10.77.0.1{host[len('node'):]}", line
+    assert result["span"] == 2 and {h for h, _ in result["where"]} == set(NODES), result["where"]
+    assert result["ranks"] == NODES, "a num_nodes=2 task puts one rank on each node"
+    other = next(node for node in NODES if node != result["driver"])
+    assert result["cores"][result["driver"]] == result["cores"][other] - 1, f"a core kept for the driver: {result}"
+    assert _ctl_job_state(mn_cluster, job_id) == "COMPLETED", "the driver's exit ends the job; nothing cancels it"
+    wait_until(lambda: not job_processes(job_id), 60, f"the processes of job {job_id} to go")
+    for node in NODES:
+        wait_until(lambda: not set(_node_shm(mn_cluster, node)) - shm_before[node], 60,
+                   f"the job's files in {node}'s /dev/shm to go")
+
+
+def test_a_driver_in_a_job_step_is_refused_at_once_with_what_to_run_instead(mn_cluster, no_leaks, tmp_path):
+    """``srun python pipeline.py`` in a 2-node job: the step holds the job's resources and Dragon's
+    own srun would wait for them forever; the executor says so and the job ends at once."""
+    from tests.integration.test_in_allocation import batch_script, run_job
+    started = time.monotonic()
+    job_id = run_job(lambda cmd: _in_ctl(mn_cluster, *cmd, capture_output=True, text=True, timeout=60),
+                     batch_script(tmp_path, nodes=2, tasks=1, prefix="srun -N1 -n1 "),
+                     state=lambda j: _ctl_job_state(mn_cluster, j), timeout=300)
+    took = time.monotonic() - started
+    out = (tmp_path / "job.out").read_text()
+    print(f"job step refused after {took:.1f}s")
+    assert "ConfigurationError" in out and "SLURM_STEP_ID is set" in out and "not `srun python" in out, out[-3000:]
+    assert not (tmp_path / "report.json").exists() and not (tmp_path / "runinfo").exists(), "nothing started"
+    assert _ctl_job_state(mn_cluster, job_id) == "FAILED"
