@@ -371,6 +371,21 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
             if job_id is not None:
                 self._blocks.cancel_in_background(server.block_id, job_id)
 
+    def handle_errors(self, status: Dict[str, JobStatus]) -> None:
+        """Parsl's status poll saw these blocks' jobs: one that ended while its server still held
+        tasks loses that server first, so those tasks fail with ``ServerLost`` (retryable), as
+        when its lease expires, whichever of the poll and the lease comes first; then Parsl's
+        block error handler sees the block, as failed by that loss."""
+        ended = {b for b, s in status.items() if s.terminal and self._table.has_server(b)}
+        for server in [s for s in self._servers if s.block_id in ended]:
+            job = status[server.block_id]
+            first_line = (job.message or "").strip().splitlines()[:1]
+            why = ": ".join([job.status_name] + first_line)
+            self._on_server_lost(server.link.server_id, f"its block's job ended ({why})")
+            self._client.disconnect(server.link.server_id)  # type: ignore[union-attr]
+        lost = {b: self._simulated_status[b] for b in ended if b in self._simulated_status}
+        super().handle_errors({**status, **lost})
+
     # ---- shutdown --------------------------------------------------------
     def _detach(self, server_id: str, message: p.Message) -> None:
         server, lost = self._table.take_server(server_id)

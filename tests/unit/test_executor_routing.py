@@ -19,6 +19,9 @@ class RecordingClient:
     def send_task(self, server_id, entry, payload):
         self.sent.append((server_id, entry.task_id))
 
+    def disconnect(self, server_id, message=None):
+        self.sent.append((server_id, "disconnect"))
+
 
 def link(server_id="s1", nodes=("n1",), cores=(4,), workers=1):
     welcome = p.Welcome(server_id=server_id, host="n1", parsl_version="x", python_version="3.11",
@@ -190,6 +193,28 @@ def test_a_lost_server_fails_its_tasks_as_server_lost_and_marks_its_block_failed
     assert executor._simulated_status["0"].state == JobState.FAILED and not executor._servers
     executor._on_server_lost("s1", "again")  # already forgotten: nothing happens
     assert executor.outstanding() == 0
+
+
+def test_a_job_seen_ended_before_the_lease_expires_fails_its_tasks_as_server_lost_first():
+    """Parsl's status poll may see a block's job end before the server's lease expires: its tasks
+    still fail with ServerLost (retryable), and the block error handler then sees the loss."""
+    from parsl.jobs.states import JobState, JobStatus
+
+    from parsl_dragon.errors import ServerLost
+    seen = []
+    executor = DragonExecutor(block_error_handler=lambda ex, status: seen.append((
+        [f.exception() for f in futures], dict(status))))
+    executor._client = RecordingClient()
+    executor._table.add_server(link("s1"), block_id="0")
+    futures = [executor._table.submit(normalize_spec({}), b"payload")]
+    executor.handle_errors({"0": JobStatus(JobState.FAILED, "EXIT CODE: 247\nSTDOUT: parsl-dragon: block of 1 node")})
+    [(exceptions, status)] = seen
+    assert isinstance(exceptions[0], ServerLost), "the task failed before the handler ran"
+    assert "its block's job ended (FAILED: EXIT CODE: 247)" in str(exceptions[0])
+    assert status["0"].state == JobState.FAILED and "lost" in status["0"].message
+    assert ("s1", "disconnect") in executor._client.sent and not executor._servers
+    executor.handle_errors({"0": JobStatus(JobState.FAILED, "again")})  # nothing left to lose
+    assert len(seen) == 2
 
 
 def test_the_table_numbers_tasks_and_hands_back_open_futures_when_cleared():
