@@ -77,16 +77,6 @@ class Settings:
         """``startup_timeout_ms`` in seconds; ``None`` means wait forever."""
         return timeout_seconds(self.startup_timeout_ms)
 
-    @property
-    def rank_startup_timeout_s(self) -> Optional[float]:
-        """``rank_startup_timeout_ms`` in seconds; ``None`` means wait forever."""
-        return timeout_seconds(self.rank_startup_timeout_ms)
-
-    @property
-    def owner_timeout_s(self) -> Optional[float]:
-        """``owner_timeout_ms`` in seconds; ``None`` means wait forever."""
-        return timeout_seconds(self.owner_timeout_ms)
-
 
 def resolve_settings(*, server_path: Optional[str] = None, transport: Optional[str] = None,
                      startup_timeout_ms: Optional[int] = None, timeout_ms: Optional[int] = None,

@@ -128,9 +128,9 @@ def test_minus_one_from_environment_means_forever():
 
 
 def test_rank_startup_timeout_in_seconds_and_forever():
-    assert s.resolve_settings(env={}).rank_startup_timeout_s == 60.0
-    assert s.resolve_settings(env={}, rank_startup_timeout_ms=2500).rank_startup_timeout_s == 2.5
-    assert s.resolve_settings(env={v.ENV_RANK_STARTUP_TIMEOUT: "-1"}).rank_startup_timeout_s is None
+    assert s.resolve_settings(env={}).rank_startup_timeout_ms == 60_000
+    assert s.resolve_settings(env={}, rank_startup_timeout_ms=2500).rank_startup_timeout_ms == 2500
+    assert s.resolve_settings(env={v.ENV_RANK_STARTUP_TIMEOUT: "-1"}).rank_startup_timeout_ms == v.NO_LIMIT
 
 
 def test_timeouts_converted_to_seconds():
@@ -234,7 +234,7 @@ def test_parse_helpers_directly():
 def test_owner_timeout_follows_argument_environment_default():
     DEFAULT_OWNER_TIMEOUT_MS, ENV_OWNER_TIMEOUT = v.DEFAULT_OWNER_TIMEOUT_MS, v.ENV_OWNER_TIMEOUT
     assert s.resolve_settings(env={}).owner_timeout_ms == DEFAULT_OWNER_TIMEOUT_MS == 60_000
-    assert s.resolve_settings(env={ENV_OWNER_TIMEOUT: "-1"}).owner_timeout_s is None
-    assert s.resolve_settings(owner_timeout_ms=5000, env={ENV_OWNER_TIMEOUT: "-1"}).owner_timeout_s == 5.0
+    assert s.resolve_settings(env={ENV_OWNER_TIMEOUT: "-1"}).owner_timeout_ms == v.NO_LIMIT
+    assert s.resolve_settings(owner_timeout_ms=5000, env={ENV_OWNER_TIMEOUT: "-1"}).owner_timeout_ms == 5000
     with pytest.raises(ConfigurationError, match="owner_timeout_ms"):
         s.resolve_settings(owner_timeout_ms=0, env={})
