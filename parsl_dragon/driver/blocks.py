@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set
 
 from parsl.jobs.states import TERMINAL_STATES, JobState, JobStatus
 from parsl.providers import LocalProvider
@@ -38,6 +38,7 @@ from parsl.providers.base import ExecutionProvider
 
 from parsl_dragon.driver.settings import Settings
 from parsl_dragon.errors import ConfigurationError, DragonExecutorError, InsecurePath, ServerStartupError
+from parsl_dragon.host import startup
 from parsl_dragon.vocabulary import BOOT_MODULE, LOOPBACK
 from parsl_dragon.wire import security
 from parsl_dragon.wire.connection import ConnectionInfo, connection_path, read_connection, remove_connection
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LOG_NAMES = ("boot.log", "dragon.log", "server.log")
-POLL_SECONDS = 0.1
+POLL_SECONDS = 0.02  # looking for the connection file costs one failed open() per place: look often
 STATUS_EVERY_SECONDS = 2.0
 
 
@@ -62,6 +63,11 @@ class BlockLaunch:
     launched: float
     job_id: Optional[str] = None
     launch_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # names this launch's server
+    noted: Dict[str, float] = field(default_factory=dict)  # the driver's start-up milestones (host/startup.py)
+
+    def note(self, milestone: str, at: Optional[float] = None) -> None:
+        """Note a start-up milestone of this launch (the first time only)."""
+        self.noted.setdefault(milestone, time.time() if at is None else at)
 
     def log_files(self) -> List[str]:
         return [os.path.join(self.block_dir, name) for name in LOG_NAMES]
@@ -133,6 +139,14 @@ def _fresh_connection(launch: BlockLaunch) -> Optional[ConnectionInfo]:
     return None
 
 
+def ended_error(launch: BlockLaunch, status: Optional[JobStatus]) -> Optional[ServerStartupError]:
+    """The start-up error of a launch whose job ended before its server came up; else None."""
+    if status is None or status.state not in TERMINAL_STATES or _fresh_connection(launch) is not None:
+        return None
+    return startup_error(launch, f"the block's job ended ({status.status_name}"
+                                 f"{': ' + status.message if status.message else ''}) before its server came up")
+
+
 def wait_for_server(launch: BlockLaunch, timeout_s: Optional[float],
                     job_status: Callable[[], Optional[JobStatus]],
                     cancelled: Callable[[], bool]) -> ConnectionInfo:
@@ -148,11 +162,9 @@ def wait_for_server(launch: BlockLaunch, timeout_s: Optional[float],
                                         "(startup_timeout_ms / PARSL_DRAGON_STARTUP_TIMEOUT)")
         if time.monotonic() >= next_status:
             next_status = time.monotonic() + STATUS_EVERY_SECONDS
-            status = job_status()
-            if status is not None and status.state in TERMINAL_STATES and _fresh_connection(launch) is None:
-                raise startup_error(launch, f"the block's job ended ({status.status_name}"
-                                            f"{': ' + status.message if status.message else ''}) "
-                                            "before its server came up")
+            ended = ended_error(launch, job_status())
+            if ended is not None:
+                raise ended
         time.sleep(POLL_SECONDS)
     raise startup_error(launch, "the executor shut down while waiting")
 
@@ -202,6 +214,9 @@ class BlockWatch:
         self._connect, self._on_server, self._on_failed = connect, on_server, on_failed
         self._cancelled = cancelled
         self._watchers: List[threading.Thread] = []
+        self._by_server: Dict[str, BlockLaunch] = {}  # server id -> its launch, until its first result
+        self._failed: Set[str] = set()  # launches reported to on_failed (once each)
+        self._failing = threading.Lock()
 
     def command(self, block_id: str, executor_dir: str, settings: Settings, server_options: Dict[str, object],
                 driver_pid: Optional[int]) -> str:
@@ -213,12 +228,14 @@ class BlockWatch:
             launch.connection_file == connection_path(settings.server_path) for launch in self.launches.values())
         conn_file = connection_path(settings.server_path if shared else block_dir)  # type: ignore[arg-type]
         launch = self.launches[block_id] = BlockLaunch(block_id, block_dir, conn_file, launched=time.time())
+        launch.note(startup.BLOCK_SUBMITTED, at=launch.launched)
         return boot_command(launch, settings.key_path, settings.transport, server_options, driver_pid=driver_pid)
 
     def watch(self, block_id: str, job_id: Any, startup_timeout_s: Optional[float]) -> None:
         """The provider took the block's job: wait for its server on a thread of its own."""
         launch = self.launches[block_id]
         launch.job_id = job_id
+        launch.note(startup.JOB_LAUNCHED)
         watcher = threading.Thread(target=self._watch, args=(launch, startup_timeout_s), daemon=True,
                                    name=f"parsl-dragon-block-{block_id}")
         self._watchers.append(watcher)
@@ -228,17 +245,50 @@ class BlockWatch:
         try:
             info = wait_for_server(launch, startup_timeout_s, lambda: self.job_status(launch),
                                    cancelled=self._cancelled)
+            launch.note(startup.CONNECTION_SEEN)
+            launch.note(startup.SERVER_READY, at=info.created)
             link = self._connect(info)
+            launch.note(startup.WELCOME)
+            self._by_server[info.server_id] = launch
         except DragonExecutorError as exc:
-            if not self._cancelled():
-                self._on_failed(launch, exc)
+            self._fail(launch, exc)
             return
         except Exception as exc:  # a bug must not leave the block unaccounted for
             logger.exception("Watcher of block %s failed", launch.block_id)
-            if not self._cancelled():
-                self._on_failed(launch, ServerStartupError(f"block {launch.block_id}: {exc!r}"))
+            self._fail(launch, ServerStartupError(f"block {launch.block_id}: {exc!r}"))
             return
         self._on_server(link, launch.block_id)
+
+    def _fail(self, launch: BlockLaunch, error: DragonExecutorError) -> None:
+        """Report a launch without a usable server to ``on_failed``, once (its watcher or a status poll)."""
+        with self._failing:
+            first = launch.block_id not in self._failed and not self._cancelled()
+            self._failed.add(launch.block_id)
+        if first:
+            self._on_failed(launch, error)
+
+    def fail_ended(self, status: Dict[str, JobStatus]) -> None:
+        """Parsl's status poll saw these jobs: one that ended before its server ever answered fails
+        its block now, naming the block's logs (a block launched by start() may end before its
+        watcher looks)."""
+        for block_id, job in status.items():
+            launch = self.launches.get(block_id)
+            error = ended_error(launch, job) if launch is not None and startup.WELCOME not in launch.noted else None
+            if error is not None:
+                self._fail(launch, error)  # type: ignore[arg-type]
+
+    def results_from(self, server_id: str) -> None:
+        """Results came from ``server_id``: the first ones are its block's last start-up milestone."""
+        launch = self._by_server.pop(server_id, None)
+        if launch is not None:
+            launch.note(startup.FIRST_RESULT)
+            logger.info("Block %s started: %s", launch.block_id, ", ".join(
+                f"{name} +{seconds:.3f}s" for name, seconds in self.timeline(launch.block_id).since(launch.launched)))
+
+    def timeline(self, block_id: str) -> startup.Timeline:
+        """The start-up milestones of ``block_id``'s launch: the driver's and its block's own."""
+        launch = self.launches[block_id]
+        return startup.timeline(block_id, launch.block_dir, launch.noted)
 
     def job_status(self, launch: BlockLaunch) -> Optional[JobStatus]:
         """The provider's status of the launch's job; None if unknown (not submitted, or polling failed)."""

@@ -40,24 +40,24 @@ from parsl.serialize import pack_apply_message
 from parsl.utils import RepresentationMixin
 
 from parsl_dragon.core.spec import normalize_spec
-from parsl_dragon.host.allocation import job_to_span
 from parsl_dragon.driver.blocks import BlockLaunch, BlockWatch, host_address, on_driver_host, shared_server
 from parsl_dragon.driver.client import DragonClient
 from parsl_dragon.driver.futures import TaskTable, set_exception
 from parsl_dragon.driver.launchers import check_launcher, default_launcher
 from parsl_dragon.driver.links import ServerLink
 from parsl_dragon.driver.routing import RoutedServer, Send
-from parsl_dragon.driver.settings import Settings, resolve_settings
+from parsl_dragon.driver.settings import Settings, check_arguments, resolve_settings
 from parsl_dragon.errors import (
     AuthenticationFailed,
-    ConfigurationError,
     DragonExecutorError,
     HandshakeTimeout,
     PayloadTooLarge,
     ServerLost,
 )
+from parsl_dragon.host.allocation import job_to_span
+from parsl_dragon.host.startup import Timeline
 from parsl_dragon.task.monitoring import DragonRadio
-from parsl_dragon.vocabulary import DEFAULT_HEARTBEAT_PERIOD_S, DEFAULT_HEARTBEAT_THRESHOLD, DEFAULT_PMI, parse_pmi
+from parsl_dragon.vocabulary import DEFAULT_HEARTBEAT_PERIOD_S, DEFAULT_HEARTBEAT_THRESHOLD, DEFAULT_PMI
 from parsl_dragon.wire import protocol as p
 from parsl_dragon.wire import security
 from parsl_dragon.wire.connection import ConnectionInfo, connection_path, remove_connection
@@ -155,15 +155,9 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
             provider = LocalProvider(nodes_per_block=nodes, init_blocks=1, min_blocks=0, max_blocks=1,
                                      launcher=default_launcher())
         super().__init__(provider=provider, block_error_handler=block_error_handler)
-        if workers_per_node is not None and workers_per_node < 1:
-            raise ConfigurationError(f"workers_per_node must be >= 1, got {workers_per_node}")
-        if cores_per_node is not None and cores_per_node < 1:
-            raise ConfigurationError(f"cores_per_node must be >= 1, got {cores_per_node}")
-        parse_pmi(pmi, "pmi")
-        if heartbeat_period <= 0 or heartbeat_threshold < 1:
-            raise ConfigurationError("heartbeat_period must be > 0 and heartbeat_threshold >= 1")
-        if prefetch_capacity < 0:
-            raise ConfigurationError(f"prefetch_capacity must be >= 0, got {prefetch_capacity}")
+        check_arguments(workers_per_node=workers_per_node, cores_per_node=cores_per_node, pmi=pmi,
+                        heartbeat_period=heartbeat_period, heartbeat_threshold=heartbeat_threshold,
+                        prefetch_capacity=prefetch_capacity)
         self.label = label
         self.workers_per_node_arg = workers_per_node
         self.cores_per_node = cores_per_node
@@ -190,6 +184,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         self._launches: Dict[str, BlockLaunch] = self._blocks.launches
         self._server_key: Optional[str] = None  # the only server public key this executor trusts
         self._attached = False
+        self._early_blocks: Optional[List[str]] = None  # init_blocks launched by start(), not by the strategy
         self._stopping = False
         self._started = False
 
@@ -220,12 +215,13 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         super().start()
         self._client = DragonClient(
             client_keys, timeout_s=self.settings.timeout_s, heartbeat_period=self.heartbeat_period,
-            heartbeat_threshold=self.heartbeat_threshold, on_results=self._table.on_results,
+            heartbeat_threshold=self.heartbeat_threshold, on_results=self._on_results,
             on_monitoring=self._on_monitoring, on_server_lost=self._on_server_lost,
             on_reconnected=self._on_reconnected)
         self._client.start()
         self._started = True
-        self._attach_shared_server()  # else Parsl's strategy launches init_blocks on its first pass
+        if not self._attach_shared_server() and self.provider is not None:
+            self._early_blocks = super().scale_out_facade(self.provider.init_blocks)  # not strategy_period later
 
     @property
     def _executor_dir(self) -> str:
@@ -300,6 +296,9 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         return self._table.servers
 
     def scale_out_facade(self, n: int) -> List[str]:
+        if self._early_blocks and self.provider is not None and n == self.provider.init_blocks:
+            self._early_blocks = None  # the strategy's first pass asks for the init_blocks start() launched
+            return []
         if self._attached or self._stopping:
             return []  # a shared server belongs to whoever started it
         return super().scale_out_facade(n)
@@ -340,6 +339,13 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
             self._client.send_task(  # type: ignore[union-attr]
                 send.server_id, p.TaskEntry(send.task_id, send.spec), send.payload)
 
+    def _on_results(self, server_id: str, message: p.TaskResults) -> None:
+        self._blocks.results_from(server_id)  # the first ones end the block's start-up timeline
+        self._table.on_results(server_id, message)
+
+    def startup_timeline(self, block_id: str = "0") -> Timeline:
+        return self._blocks.timeline(block_id)  # when each start-up step happened, measured (host/startup.py)
+
     def outstanding(self) -> int:
         return len(self._tasks)
 
@@ -372,10 +378,13 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
                 self._blocks.cancel_in_background(server.block_id, job_id)
 
     def handle_errors(self, status: Dict[str, JobStatus]) -> None:
-        """Parsl's status poll saw these blocks' jobs: one that ended while its server still held
-        tasks loses that server first, so those tasks fail with ``ServerLost`` (retryable), as
-        when its lease expires, whichever of the poll and the lease comes first; then Parsl's
-        block error handler sees the block, as failed by that loss."""
+        """Parsl's status poll saw these blocks' jobs. One that ended before its server answered fails
+        its block with our error, naming its logs (not Parsl's generic one); one that ended while its
+        server held tasks loses that server first, so they fail with ``ServerLost`` (retryable) as on
+        a lease's expiry, whichever comes first; then Parsl's block error handler sees the block."""
+        self._blocks.fail_ended(status)
+        if self.bad_state_is_set:
+            return
         ended = {b for b, s in status.items() if s.terminal and self._table.has_server(b)}
         for server in [s for s in self._servers if s.block_id in ended]:
             job = status[server.block_id]

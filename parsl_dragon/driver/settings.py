@@ -24,6 +24,7 @@ from parsl_dragon.vocabulary import (
     ENV_STARTUP_TIMEOUT,
     ENV_TIMEOUT,
     ENV_TRANSPORT,
+    parse_pmi,
     parse_timeout_ms,
     parse_transport,
     timeout_seconds,
@@ -32,6 +33,20 @@ from parsl_dragon.vocabulary import (
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+def check_arguments(*, workers_per_node: Optional[int], cores_per_node: Optional[int], pmi: str,
+                    heartbeat_period: float, heartbeat_threshold: int, prefetch_capacity: int) -> None:
+    """Refuse DragonExecutor arguments that cannot work, naming them (at construction, before I/O)."""
+    if workers_per_node is not None and workers_per_node < 1:
+        raise ConfigurationError(f"workers_per_node must be >= 1, got {workers_per_node}")
+    if cores_per_node is not None and cores_per_node < 1:
+        raise ConfigurationError(f"cores_per_node must be >= 1, got {cores_per_node}")
+    parse_pmi(pmi, "pmi")
+    if heartbeat_period <= 0 or heartbeat_threshold < 1:
+        raise ConfigurationError("heartbeat_period must be > 0 and heartbeat_threshold >= 1")
+    if prefetch_capacity < 0:
+        raise ConfigurationError(f"prefetch_capacity must be >= 0, got {prefetch_capacity}")
 
 
 def default_key_path() -> str:

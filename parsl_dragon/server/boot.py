@@ -52,6 +52,7 @@ import uuid
 from typing import Dict, List, Optional
 
 from parsl_dragon.errors import ConfigurationError, InsecurePath
+from parsl_dragon.host import startup
 from parsl_dragon.host.allocation import check_can_span, current_allocation, pbs_hosts
 from parsl_dragon.host.processes import DriverWatch
 from parsl_dragon.server.bootdir import cleanup_shim, take_block_lock, write_file_nofollow
@@ -219,6 +220,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _stop(f"another boot of this block already runs (lock {args.block_dir}/boot.lock): the launcher "
                      "started more than one copy; this one exits (use parsl_dragon.driver.launchers.DragonLauncher)",
                      DUPLICATE_EXIT)
+    startup.note_process_start(args.block_dir, startup.BOOT_STARTED)
     server_args = [a for a in args.server_args if a != "--"]
     server_args += ["--launcher-pid", str(os.getpid())]
     token = uuid.uuid4().hex
@@ -242,7 +244,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except FileNotFoundError as exc:
         return _stop(exc, 127)
     return Boot(command, env, os.path.join(args.block_dir, "dragon.log"), token,
-                connection_file=server_flag(server_args, "--connection-file"), driver=driver).run()
+                connection_file=server_flag(server_args, "--connection-file"), driver=driver,
+                startup_dir=args.block_dir).run()
 
 
 def _stop(why: object, code: int) -> int:

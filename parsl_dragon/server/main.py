@@ -17,6 +17,7 @@ import sys
 from typing import List, Optional
 
 from parsl_dragon.errors import ConfigurationError
+from parsl_dragon.host import startup
 from parsl_dragon.server import address
 from parsl_dragon.server.options import ServerOptions
 from parsl_dragon.server.service import Server
@@ -76,6 +77,30 @@ def setup_logging(path: str, debug: bool) -> None:
         datefmt="%Y-%m-%d %H:%M:%S")
 
 
+class FirstWorkerReady(logging.Handler):
+    """Notes the block's ``WORKER_READY`` milestone at the service's first "Worker ... ready"
+    record (its own time), then lets go of the service's logger."""
+
+    MESSAGE = "Worker %s ready"
+
+    def __init__(self, block_dir: str) -> None:
+        super().__init__(level=logging.INFO)
+        self.block_dir = block_dir
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if isinstance(record.msg, str) and record.msg.startswith(self.MESSAGE):
+            startup.note(self.block_dir, startup.WORKER_READY, at=record.created)
+            logging.getLogger(record.name).removeHandler(self)
+
+
+def note_startup(log_file: str) -> None:
+    """Note the server's start-up milestones in its block directory (that of its log file)."""
+    block_dir = os.path.dirname(os.path.abspath(log_file))
+    startup.note_process_start(block_dir, startup.SERVER_STARTED)
+    startup.note(block_dir, startup.SERVER_IMPORTED)
+    logging.getLogger(Server.__module__).addHandler(FirstWorkerReady(block_dir))
+
+
 def resolve_host_address(value: str) -> str:
     """``--host-address`` resolved here, on the node Dragon started the server on."""
     resolved = address.host_address(value)
@@ -112,6 +137,7 @@ def options_from(args: argparse.Namespace) -> ServerOptions:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_file, args.debug)
+    note_startup(args.log_file)
     logger.info("Dragon server starting: pid %d, argv %s", os.getpid(), sys.argv[1:])
     try:
         options = options_from(args)

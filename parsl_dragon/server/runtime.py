@@ -24,6 +24,7 @@ import subprocess
 import time
 from typing import Dict, List, Optional, Set
 
+from parsl_dragon.host import startup
 from parsl_dragon.host.processes import DriverWatch, carries_token, kill_leftovers, processes_with_token
 from parsl_dragon.host.shm import pools_of, remove_pools
 from parsl_dragon.vocabulary import RUNTIME_STOP_GRACE_SECONDS
@@ -42,8 +43,10 @@ class Boot:
 
     def __init__(self, command: List[str], env: Dict[str, str], log_path: str, token: str,
                  connection_file: Optional[str] = None, attempts: int = START_ATTEMPTS,
-                 pause: float = RETRY_PAUSE_SECONDS, driver: Optional[DriverWatch] = None) -> None:
+                 pause: float = RETRY_PAUSE_SECONDS, driver: Optional[DriverWatch] = None,
+                 startup_dir: Optional[str] = None) -> None:
         self.command, self.env, self.log_path, self.token = command, env, log_path, token
+        self.startup_dir = startup_dir  # where the block's start-up milestones go (host/startup.py)
         self.connection_file, self.attempts, self.pause = connection_file, attempts, pause
         self.driver = driver
         self.child: Optional[subprocess.Popen] = None
@@ -138,6 +141,8 @@ class Boot:
         with open(self.log_path, "ab") as log:
             self.child = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, process_group=0)
+        if self.startup_dir is not None:
+            startup.note(self.startup_dir, startup.RUNTIME_LAUNCHED)
         logger.info("Started dragon (pid %d): %s", self.child.pid, " ".join(self.command))
         code = self._wait()
         self._clean_up(started)
