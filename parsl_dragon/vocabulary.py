@@ -45,7 +45,11 @@ ENV_WORKER_SERVER_KEY = "PARSL_DRAGON_WORKER_SERVER_KEY"  # server -> workers: t
 ENV_SERVER_ID = "PARSL_DRAGON_SERVER_ID"                # server -> workers
 ENV_TASK = "PARSL_DRAGON_TASK"                          # worker -> MPI task: the server's task id
 ENV_RANK_REPORT = "PARSL_DRAGON_RANK_REPORT"            # worker -> MPI task: where failing ranks are noted
-# What a process needs to open a worker link to its server (workers, $PARSL_MPI_PREFIX, the radio).
+ENV_RANK_DIR = "PARSL_DRAGON_RANK_DIR"                  # worker -> MPI task: its private dir (launch FIFO)
+ENV_WORKER_PID = "PARSL_DRAGON_WORKER_PID"              # worker -> MPI task: who answers its launches
+ENV_PMI_PROBLEM = "PARSL_DRAGON_PMI_PROBLEM"            # worker -> MPI task: why its PMI backend cannot work
+RANK_LINK_SUFFIX = "/ranks"  # a worker's rank link (task/rank_service.py) is "<worker id>/ranks"
+# What a process needs to open a worker link to its server (workers and their rank links, the radio).
 WORKER_LINK_VARS: Tuple[str, ...] = (ENV_WORKER_ADDRESS, ENV_WORKER_SECRET, ENV_WORKER_SERVER_KEY)
 
 # --- Leases: both ends send a Heartbeat every period; a peer silent for period x threshold is lost --
@@ -104,5 +108,3 @@ def parse_pmi(value: object, name: str) -> str:
 # --- A block's boot process (server/boot.py; parsl-dragon teardown waits for it) -------------
 BOOT_MODULE = "parsl_dragon.server.boot"  # `python -m BOOT_MODULE ...`: what a provider runs per block
 RUNTIME_STOP_GRACE_SECONDS = 10.0  # boot: from asking its runtime to stop to killing it
-# --- Inside an MPI task: $PARSL_MPI_PREFIX is `<python> -m RANK_LAUNCHER_MODULE` (task/mpirun.py) ----
-RANK_LAUNCHER_MODULE = "parsl_dragon.task.mpirun"

@@ -1,20 +1,27 @@
-"""The only module that imports ``dragon``: node discovery and worker processes.
+"""The only module that imports ``dragon``: node discovery, worker processes, rank launches.
 
 Workers are persistent Python processes in one Dragon ``ProcessGroup`` with
 ``restart=True``: Dragon replaces a worker that dies, and the server learns of
 the death through :meth:`DragonBackend.dead_workers` (polled from the server's
 single thread, because a ProcessGroup client object is not thread-safe).
+
+Ranks of an MPI task (:func:`run_ranks`, one call per launch, in the launch's own thread):
+``pmi="none"`` starts one Dragon ``Process`` per rank (a few ms each), ``cray``/``pmix`` one
+``ProcessGroup`` (its PMI wire-up needs the group's manager; ~0.5 s). Either way the thread
+then waits with Global Services ``multi_join`` on the ranks' puids, which answers the moment
+the last rank exits. ``pmi="mpiexec"`` ranks are started by the task's own ``mpiexec``
+(``$PARSL_MPI_PREFIX``), never here.
 """
 from __future__ import annotations
 
 import logging
 import os
-import shlex
-import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from parsl_dragon.server import pmi
 
@@ -69,7 +76,18 @@ def _import_dragon():
     return Policy, Node, System, ProcessTemplate, ProcessGroup
 
 
+def _import_rank_api():
+    """Dragon's single-process API and the Global Services calls the rank launches use."""
+    from dragon.globalservices.process import kill, multi_join
+    from dragon.infrastructure.messages import GSProcessJoinListResponse
+    from dragon.native.process import Process
+    return Process, multi_join, kill, GSProcessJoinListResponse.Errors
+
+
 WALLTIME_EXIT = -2  # Dragon's code for a process stopped at its walltime
+MPIEXEC_REFUSED = "ranks of pmi='mpiexec' tasks are started by mpiexec itself, not by the server"
+JOIN_SLICE = 0.5      # seconds one multi_join may block: how late a cancel or a walltime is seen
+KILL_PATIENCE = 5.0   # seconds to wait for killed ranks to be gone
 
 
 def default_workers(cpus: int) -> int:
@@ -120,9 +138,10 @@ class DragonBackend:
         self._group = group
         return self._expected
 
-    def run_ranks(self, job: RankJob, on_started=None) -> RankOutcome:
+    def run_ranks(self, job: RankJob, on_started: Optional[Callable[[], None]] = None,
+                  cancel: Optional[threading.Event] = None) -> RankOutcome:
         """Launch and wait for an MPI task's ranks (called from a per-launch thread)."""
-        return run_ranks(job, on_started)
+        return run_ranks(job, on_started, cancel)
 
     def dead_workers(self) -> List[Tuple[int, int]]:
         """(puid, exit code) of workers that died since the last call."""
@@ -157,21 +176,25 @@ class DragonBackend:
             logger.warning("Closing the worker group failed: %s", exc)
 
 
-def run_ranks(job: RankJob, on_started=None) -> RankOutcome:
+def run_ranks(job: RankJob, on_started: Optional[Callable[[], None]] = None,
+              cancel: Optional[threading.Event] = None) -> RankOutcome:
     """Start the job's ranks through Dragon and wait for them; call from a dedicated thread.
 
-    ``mpiexec``: one Dragon process on the first host runs the site's mpiexec with our host
-    list. ``none``/``cray``/``pmix``: a ProcessGroup with one member per rank, each pinned to
-    its host (and cores/GPUs when asked). A backend that cannot work here fails at once.
+    ``on_started`` is called once every rank has started (the start-up guard of
+    ``server/ranks.py`` watches for it). Setting ``cancel`` stops the ranks still running
+    within :data:`JOIN_SLICE` seconds; the outcome is then of no use to anyone. A backend
+    that cannot work here, and ``mpiexec`` (its ranks are not the server's to start), fail
+    at once, before anything starts.
     """
+    if job.pmi == "mpiexec":
+        return RankOutcome([], [], error=MPIEXEC_REFUSED)
     why = pmi.problem(job.pmi, job.env)
     if why:
         return RankOutcome([], [], error=why)
     os.makedirs(job.output_dir, exist_ok=True)
     started = on_started or (lambda: None)
-    if job.pmi == "mpiexec":
-        return _run_mpiexec(job, started)
-    return _run_group(job, started)
+    cancel = cancel or threading.Event()
+    return (_run_processes if job.pmi == "none" else _run_group)(job, started, cancel)
 
 
 def _rank_policy(Policy, job: RankJob, host_index: int, local_rank: int):
@@ -185,35 +208,96 @@ def _rank_policy(Policy, job: RankJob, host_index: int, local_rank: int):
     return Policy(**kwargs)
 
 
-def _run_group(job: RankJob, started) -> RankOutcome:
-    Policy, _, _, ProcessTemplate, ProcessGroup = _import_dragon()
-    group = ProcessGroup(restart=False, ignore_error_on_exit=True,
-                         pmi=None if job.pmi == "none" else job.pmi)
-    labels = []
-    for host_index, host in enumerate(job.hosts):
+# Each rank writes its own rank-N.out/.err: /bin/sh opens them, then execs the command (the rank
+# is the command itself, as far as Dragon and its exit code go). Not Dragon's stdout=<file>:
+# Dragon 0.15 then pipes the output through Local Services, whose death watcher blocks reading
+# that pipe after a rank is killed while a child of the rank still holds it, which stalls every
+# exit report on that node until the child ends.
+_REDIRECT = 'out=$1 err=$2; shift 2; exec "$@" >>"$out" 2>>"$err"'
+
+
+def _rank_templates(job: RankJob, make) -> List[object]:
+    """One ``make(...)`` per rank, in rank order: placement, rank variables, output files in
+    ``job.output_dir``. ``make`` is ``Process`` or ``ProcessTemplate`` (same arguments).
+    A command that cannot be found fails its ranks with 127 and says so in ``rank-N.err``."""
+    Policy = _import_dragon()[0]
+    output_dir = os.path.abspath(job.output_dir)
+    made = []
+    for host_index in range(len(job.hosts)):
         for local_rank in range(job.ranks_per_node):
-            rank = len(labels)
+            rank = len(made)
             env = dict(job.env, PARSL_RANK=str(rank), PARSL_LOCAL_RANK=str(local_rank),
                        PARSL_NODE_RANK=str(host_index))
-            template = ProcessTemplate(
-                target=job.argv[0], args=job.argv[1:], cwd=job.cwd, env=env,
-                stdout=os.path.join(job.output_dir, f"rank-{rank}.out"),
-                stderr=os.path.join(job.output_dir, f"rank-{rank}.err"),
-                policy=_rank_policy(Policy, job, host_index, local_rank))
-            group.add_process(nproc=1, template=template)
-            labels.append(f"rank {rank}")
+            files = [os.path.join(output_dir, f"rank-{rank}.{kind}") for kind in ("out", "err")]
+            made.append(make(target="/bin/sh", args=["-c", _REDIRECT, "rank", *files, *job.argv], cwd=job.cwd,
+                             env=env, stdout=make.DEVNULL, stderr=make.DEVNULL,
+                             policy=_rank_policy(Policy, job, host_index, local_rank)))
+    return made
+
+
+def _labels(count: int) -> List[str]:
+    return [f"rank {rank}" for rank in range(count)]
+
+
+def _start_rank(process) -> int:
+    """Start one rank's Process; its puid."""
+    process.start()
+    return process.puid
+
+
+def _run_processes(job: RankJob, started: Callable[[], None], cancel: threading.Event) -> RankOutcome:
+    """``pmi="none"``: one Dragon Process per rank, no manager process, no wire-up."""
+    Process = _import_rank_api()[0]
+    processes = _rank_templates(job, Process)
+    puids: List[int] = []
+    try:
+        for process in processes:
+            puids.append(_start_rank(process))
+    except Exception as exc:
+        logger.warning("Rank %d of task %d could not be started: %r", len(puids), job.task_id, exc)
+        _kill(puids)
+        return RankOutcome([], [], error=f"rank {len(puids)} could not be started ({exc!r}); "
+                                         f"the {len(puids)} rank(s) already started were stopped")
+    try:
+        started()
+        codes = _wait_for_ranks(puids, job, cancel)
+    except BaseException:
+        _kill(puids)  # never leave a rank running behind a failed wait
+        raise
+    return RankOutcome([codes[puid] for puid in puids], _labels(len(puids)))
+
+
+def _run_group(job: RankJob, started: Callable[[], None], cancel: threading.Event) -> RankOutcome:
+    """``cray``/``pmix``: one ProcessGroup (its manager does the PMI wire-up), waited on through
+    Global Services like single processes. Never ``group.join(timeout)``: in dragonhpc 0.15 a
+    join that times out leaves a stale reply that breaks the group's next request."""
+    _, _, _, ProcessTemplate, ProcessGroup = _import_dragon()
+    group = ProcessGroup(restart=False, ignore_error_on_exit=True, pmi=None if job.pmi == "none" else job.pmi)
+    templates = _rank_templates(job, ProcessTemplate)
+    for template in templates:
+        group.add_process(nproc=1, template=template)
     group.init()
     try:
         group.start()
         started()
-        timed_out = _wait_for_ranks(group, len(labels), job.walltime)
-        codes = [code for _, code in sorted(group.inactive_puids)]
+        puids, exited = _group_members(group, len(templates))
+        codes = _wait_for_ranks(puids, job, cancel, exited, stop=lambda _: group.stop(patience=1.0))
     finally:
         _close_quietly(group)
-    if timed_out:
-        codes = [WALLTIME_EXIT if c == 0 else c for c in codes]
-    codes += [WALLTIME_EXIT] * (len(labels) - len(codes))
-    return RankOutcome(codes, labels)
+    return RankOutcome([codes[puid] for puid in puids], _labels(len(puids)))
+
+
+def _group_members(group, count: int) -> Tuple[List[int], Dict[int, int]]:
+    """The started group's puids in rank order, and the exit codes of those already gone.
+
+    The group's manager moves members to ``inactive_puids`` only once all have exited, so
+    asking for the live ones first, then the exited ones, misses none."""
+    live = list(group.puids or [])
+    exited = {} if len(live) == count else dict(group.inactive_puids or [])
+    puids = sorted(set(live) | set(exited))
+    if len(puids) != count:
+        raise RuntimeError(f"the rank group reports {len(puids)} of its {count} ranks")
+    return puids, exited
 
 
 def _close_quietly(group) -> None:
@@ -226,38 +310,60 @@ def _close_quietly(group) -> None:
         logger.warning("Closing a finished rank group failed (ranks are done): %s", exc)
 
 
-def _wait_for_ranks(group, count: int, walltime: Optional[float]) -> bool:
-    """Wait until all ``count`` ranks have exited; stop them at the walltime (True if hit).
+def _wait_for_ranks(puids: List[int], job: RankJob, cancel: threading.Event,
+                    exited: Optional[Dict[int, int]] = None,
+                    stop: Optional[Callable[[List[int]], None]] = None) -> Dict[int, int]:
+    """Exit code per puid once every rank has exited, the walltime has passed or ``cancel`` is set.
 
-    Polls ``inactive_puids`` rather than ``join(timeout)``: in dragonhpc 0.15 a join that
-    times out leaves a stale reply behind, which breaks the group's next request."""
-    deadline = None if walltime is None else time.monotonic() + walltime
-    while len(group.inactive_puids) < count:
-        if deadline is not None and time.monotonic() > deadline:
-            logger.warning("Ranks exceeded their walltime of %.1fs: stopping them", walltime)
-            group.stop(patience=1.0)
-            return True
-        time.sleep(0.2)
-    return False
-
-
-def _run_mpiexec(job: RankJob, started) -> RankOutcome:
-    Policy, _, _, ProcessTemplate, _ = _import_dragon()
-    from dragon.native.process import Process
-
-    mpiexec = shutil.which("mpiexec", path=job.env.get("PATH")) or "mpiexec"
-    args = ["-n", str(job.ranks_per_node * len(job.hosts)), "-ppn", str(job.ranks_per_node),
-            "-hosts", ",".join(job.hosts), *shlex.split(job.launcher_options), *job.argv]
-    process = Process(target=mpiexec, args=args, cwd=job.cwd, env=job.env,
-                      stdout=os.path.join(job.output_dir, "mpiexec.out"),
-                      stderr=os.path.join(job.output_dir, "mpiexec.err"),
-                      policy=Policy(placement=Policy.Placement.HOST_NAME, host_name=job.hosts[0]))
-    process.start()
-    started()
+    Event-driven: each Global Services ``multi_join`` returns when the last rank exits, or
+    after at most :data:`JOIN_SLICE` s, to look at the walltime and ``cancel``. Ranks still
+    running at the walltime are stopped (``stop``, default: killed) and get ``WALLTIME_EXIT``;
+    on ``cancel`` they are stopped and get ``-9``."""
+    codes = dict(exited or {})
     deadline = None if job.walltime is None else time.monotonic() + job.walltime
-    while process.join(timeout=0.5) is None:
-        if deadline is not None and time.monotonic() > deadline:
-            process.kill()
-            process.join(timeout=5)
-            return RankOutcome([WALLTIME_EXIT], ["mpiexec"])
-    return RankOutcome([process.returncode], ["mpiexec"])
+    while True:
+        running = [puid for puid in puids if puid not in codes]
+        if not running:
+            return codes
+        left = None if deadline is None else deadline - time.monotonic()
+        if cancel.is_set() or (left is not None and left <= 0):
+            break
+        codes.update(_join_some(running, JOIN_SLICE if left is None else min(JOIN_SLICE, left)))
+    if cancel.is_set():
+        logger.info("Stopping %d rank(s) of task %d: its launch was cancelled", len(running), job.task_id)
+    else:
+        logger.warning("Ranks of task %d exceeded their walltime of %.1fs: stopping %d", job.task_id,
+                       job.walltime, len(running))
+    (stop or _kill)(running)
+    code = -9 if cancel.is_set() else WALLTIME_EXIT
+    codes.update({puid: code for puid in running})
+    return codes
+
+
+def _join_some(puids: List[int], timeout: float) -> Dict[int, int]:
+    """Exit codes of those of ``puids`` that exit within ``timeout`` s (returns when all have)."""
+    _, multi_join, _, Errors = _import_rank_api()
+    _, status = multi_join(puids, timeout=max(timeout, 0.001), join_all=True)
+    codes = {}
+    for puid, (err, code) in (status or {}).items():
+        if err == Errors.SUCCESS.value:
+            codes[int(puid)] = code
+        elif err not in (Errors.TIMEOUT.value, Errors.PENDING.value):
+            raise RuntimeError(f"Global Services cannot join rank process {puid}: {code}")
+    return codes
+
+
+def _kill(puids: List[int]) -> None:
+    """SIGKILL these rank processes and wait (bounded) until they are gone."""
+    if not puids:
+        return
+    _, multi_join, kill, _ = _import_rank_api()
+    for puid in puids:
+        try:
+            kill(puid, sig=signal.SIGKILL)
+        except Exception as exc:  # already exited: nothing to kill
+            logger.debug("Killing rank process %d: %s", puid, exc)
+    try:
+        multi_join(puids, timeout=KILL_PATIENCE, join_all=True)
+    except Exception as exc:
+        logger.warning("Could not confirm that rank processes %s are gone: %s", puids, exc)

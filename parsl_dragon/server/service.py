@@ -46,9 +46,9 @@ from parsl_dragon.server.clients import Clients, Session
 from parsl_dragon.server.links import Peers, bind_router, worker_environment
 from parsl_dragon.server.options import ServerOptions
 from parsl_dragon.server.publish import connection_info, publish
-from parsl_dragon.server.ranks import RankLaunches, job_from
+from parsl_dragon.server.ranks import RankLaunches, job_from, refusal
 from parsl_dragon.server.taskbook import Task, TaskBook
-from parsl_dragon.vocabulary import timeout_seconds
+from parsl_dragon.vocabulary import RANK_LINK_SUFFIX, timeout_seconds
 from parsl_dragon.wire import protocol as p
 from parsl_dragon.wire.connection import remove_connection
 from parsl_dragon.wire.security import ephemeral_pair
@@ -126,6 +126,7 @@ class Server:
         if self.worker_links.sock is not None:
             for worker_id in self.scheduler.worker_ids():
                 self.worker_links.send(worker_id.encode(), p.StopWorker(), keep=False)
+        self.rank_launches.close()  # their threads stop the ranks while the runtime is still up
         try:
             self.backend.stop(patience=2.0)
         except Exception:
@@ -150,6 +151,7 @@ class Server:
         poller = zmq.Poller()
         poller.register(self.clients.links.sock, zmq.POLLIN)
         poller.register(self.worker_links.sock, zmq.POLLIN)
+        poller.register(self.rank_launches.wakeup, zmq.POLLIN)  # a launch finished: reply now
         next_tick = 0.0
         while not self._stopping:
             events = dict(poller.poll(timeout=200))
@@ -310,8 +312,12 @@ class Server:
 
     def _drop_client(self, identity: bytes) -> None:
         """Forget a client and its backlog; its queued tasks are dropped (running ones finish,
-        their results unrouted)."""
+        their results unrouted; their ranks are stopped, and their workers told so)."""
         self.clients.close(identity)
+        why = "the task's client is gone; its ranks were stopped"
+        for task_id in self.tasks.of_client(identity):
+            for rank_link, reply in self.rank_launches.cancel_task(task_id, why):
+                self.worker_links.send(rank_link, reply)
         dropped, assignments = self.scheduler.cancel(self.tasks.of_client(identity))
         self.tasks.discard(dropped)
         self._dispatch(assignments)
@@ -355,6 +361,7 @@ class Server:
         routed = self.tasks.route(identity.decode(errors="replace"), message, self.clients)
         assignments: List[Assignment] = []
         for task_id in routed.finished:
+            self.rank_launches.cancel_task(task_id)  # ranks do not outlive their task
             assignments += self.scheduler.finished(task_id)
         if routed.unroutable:
             logger.warning("Dropped %d result(s) for unknown or finished tasks or departed clients: %s",
@@ -365,15 +372,15 @@ class Server:
 
     def _on_launch_ranks(self, identity: bytes, message: p.LaunchRanks) -> None:
         task = self.tasks.get(message.task_id)
-        if task is None or task.placement is None:
-            self.worker_links.send(identity, p.RanksDone(task_id=message.task_id, exit_codes=[], labels=[],
-                                                         error=f"no running MPI task {message.task_id} on this server"))
+        refused = refusal(message, task)
+        if refused is not None or task is None:
+            self.worker_links.send(identity, refused)
             return
         self._launch_seq += 1
         output_dir = os.path.join(os.path.dirname(self.options.log_path), "ranks",
                                   f"task-{message.task_id}-{self._launch_seq}")
         job = job_from(message, task.spec, task.placement, output_dir)
-        self.rank_launches.start(identity, job, task.client_task_id)
+        self.rank_launches.start(identity, job, task.client_task_id, message.launch)
 
     def _on_monitoring(self, identity: bytes, message: p.Monitoring) -> None:
         for client in self.clients.owners():
@@ -390,9 +397,12 @@ class Server:
     def _on_worker_lost(self, worker_id: str, why: str) -> None:
         host = self.scheduler.host_of_worker(worker_id) or "?"
         self.worker_puids.pop(worker_id, None)
-        self.worker_links.forget(worker_id.encode())
+        for link in (worker_id, worker_id + RANK_LINK_SUFFIX):
+            self.worker_links.forget(link.encode())
         logger.warning("Worker %s on %s lost: %s", worker_id, host, why)
         lost, assignments = self.scheduler.worker_lost(worker_id)
+        if lost is not None:
+            self.rank_launches.cancel_task(lost)
         for identity, ids in self.tasks.take_by_client([lost] if lost is not None else []).items():
             self._fail_client_tasks(identity, ids, WORKER_LOST, f"worker on host {host} was lost: {why}")
         self._dispatch(assignments)

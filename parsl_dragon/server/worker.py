@@ -31,7 +31,9 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from parsl_dragon.errors import PAYLOAD_TOO_LARGE, SERIALIZATION_ERROR, TASK_LOST, RankFailure
+from parsl_dragon.server import pmi
 from parsl_dragon.task.mpi_env import mpi_task, read_report
+from parsl_dragon.task.rank_service import RankService
 from parsl_dragon.wire import protocol as p
 from parsl_dragon.wire.security import make_worker_link
 
@@ -117,6 +119,7 @@ class Worker:
         self.payloads: List[bytes] = []
         self.batch_bytes = 0
         self.stopping = False
+        self.ranks: Optional[RankService] = None  # opened at the first task whose ranks Dragon starts
 
     def run(self) -> None:
         puid = int(os.environ.get("DRAGON_MY_PUID", "0") or 0)
@@ -132,6 +135,8 @@ class Worker:
                 self._flush()
                 last_flush = time.monotonic()
         self._flush()
+        if self.ranks is not None:
+            self.ranks.close()
         self.context.destroy(linger=2000)
 
     def _receive(self, block: bool) -> None:
@@ -188,8 +193,7 @@ class Worker:
     def _run_one(self) -> None:
         entry, payload = self.queue.popleft()
         if entry.placement:
-            with mpi_task(entry.task_id, entry.spec, entry.placement) as report:
-                status, outcome, error = run_task(payload, report)
+            status, outcome, error = self._run_mpi(entry, payload)
         else:
             status, outcome, error = run_task(payload)
         error_type = SERIALIZATION_ERROR if error else ""
@@ -201,6 +205,21 @@ class Worker:
                                          error_type=error_type, error=error))
         self.payloads.append(outcome)
         self.batch_bytes += len(outcome)
+
+    def _run_mpi(self, entry: p.TaskEntry, payload: bytes) -> Tuple[str, bytes, str]:
+        """Run an MPI task with its variables; serve its launches if Dragon starts its ranks."""
+        problem = pmi.problem(entry.spec.pmi, os.environ)
+        served = problem is None and entry.spec.pmi != "mpiexec"
+        with mpi_task(entry.task_id, entry.spec, entry.placement, problem) as task:
+            if served:
+                if self.ranks is None:
+                    self.ranks = RankService(self.worker_id)
+                self.ranks.begin(task)
+            try:
+                return run_task(payload, task.report)
+            finally:
+                if served:
+                    self.ranks.end(task)
 
     def _flush(self) -> None:
         if self.results:

@@ -38,8 +38,8 @@ peer whose frame exceeds the receiver's ``MAXMSGSIZE`` and the frame is gone, so
 check sizes before sending (:func:`oversize_error`).
 Worker <-> server: ``WorkerReady``, ``TaskResults`` from workers; ``SubmitTasks``,
 ``StopWorker`` from the server; after a reconnect ``WorkerResync`` -> ``ResyncMark``.
-Rank launcher (``$PARSL_MPI_PREFIX``) <-> server, over the worker link: ``LaunchRanks``
--> ``RanksDone``.
+Worker <-> server, over the worker's rank link (a second link a worker opens for its MPI
+tasks' ``$PARSL_MPI_PREFIX`` runs): ``LaunchRanks`` -> ``RanksDone``, matched by ``launch``.
 """
 from __future__ import annotations
 
@@ -271,12 +271,15 @@ class StopWorker(Message):
 
 @dataclass
 class LaunchRanks(Message):
-    """``$PARSL_MPI_PREFIX`` (parsl_dragon.task.mpirun) asks the server to start a task's ranks."""
+    """A worker asks the server to start a task's ranks, for one run of ``$PARSL_MPI_PREFIX``.
+
+    ``launch`` tells apart the launches one rank link has in flight; the reply echoes it."""
 
     task_id: int
     argv: List[str]
     cwd: str
     env: Dict[str, str] = field(default_factory=dict)
+    launch: int = 0
 
 
 @dataclass
@@ -288,6 +291,7 @@ class RanksDone(Message):
     labels: List[str]
     output_dir: str = ""
     error: str = ""
+    launch: int = 0  # the LaunchRanks.launch this answers
 
 
 _NESTED = {"tasks": TaskEntry, "results": TaskResult}

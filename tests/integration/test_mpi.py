@@ -73,7 +73,7 @@ def test_real_mpi_program_through_mpiexec(load_dfk, allreduce, tmp_path):
     spec = {"num_nodes": 1, "ranks_per_node": 2, "pmi": "mpiexec"}
     assert ranks(allreduce, parsl_resource_specification=spec, stdout=str(out)).result(timeout=120) == 0
     lines = sorted(line for line in out.read_text().splitlines() if "sum" in line)
-    assert lines == ["[mpiexec] rank 0 of 2 sum 1", "[mpiexec] rank 1 of 2 sum 1"], "ranks see each other"
+    assert lines == ["[0] rank 0 of 2 sum 1", "[1] rank 1 of 2 sum 1"], "ranks see each other, lines labelled"
 
     with pytest.raises(BashExitFailure) as info:
         ranks(f"{allreduce} 1", parsl_resource_specification=spec, stdout=str(tmp_path / "f.out")).result(timeout=120)
@@ -110,8 +110,8 @@ def test_unusable_pmi_backend_fails_fast_with_advice(load_dfk, backend, needs):
     load_dfk(workers_per_node=2)
     started = time.monotonic()
     with pytest.raises(RankFailure) as info:
-        ranks("/bin/true", parsl_resource_specification={"num_nodes": 1, "ranks_per_node": 2,
-                                                          "pmi": backend}).result(timeout=60)
+        spec = {"num_nodes": 1, "ranks_per_node": 2, "pmi": backend}
+        ranks("/bin/true", parsl_resource_specification=spec).result(timeout=60)
     assert needs in str(info.value) and "pmi='mpiexec'" in str(info.value)
     assert time.monotonic() - started < 20
 
@@ -155,3 +155,23 @@ def test_mpi_and_serial_tasks_share_the_block_and_queue(load_dfk, tmp_path):
     first_end = max(stamps(tmp_path / "first.out"))
     assert all(t < first_end for t in serial_times)
     assert min(stamps(tmp_path / "second.out")) >= first_end, "it started only after the cores were freed"
+
+
+def test_several_launches_in_one_app_each_get_their_ranks(load_dfk, tmp_path):
+    load_dfk(workers_per_node=2)
+    out = tmp_path / "twice.out"
+    spec = {"num_nodes": 1, "ranks_per_node": 2, "pmi": "none"}
+    both = "sh -c 'echo a$PARSL_RANK' & $PARSL_MPI_PREFIX sh -c 'echo b$PARSL_RANK' & wait; " \
+           "$PARSL_MPI_PREFIX sh -c 'echo c$PARSL_RANK'"
+    assert ranks(both, parsl_resource_specification=spec, stdout=str(out)).result(timeout=120) == 0
+    assert sorted(out.read_text().splitlines()) == sorted(f"[rank {r}] {x}{r}" for x in "abc" for r in (0, 1))
+
+
+def test_ranks_past_their_walltime_are_stopped_and_named(load_dfk):
+    load_dfk(workers_per_node=2)
+    started = time.monotonic()
+    with pytest.raises(RankFailure) as info:
+        spec = {"num_nodes": 1, "ranks_per_node": 2, "pmi": "none", "walltime": 2}
+        ranks("sleep 60", parsl_resource_specification=spec).result(timeout=120)
+    assert info.value.failed == [("rank 0", -2), ("rank 1", -2)]
+    assert time.monotonic() - started < 30

@@ -1,71 +1,135 @@
-"""Unit tests for parsl_dragon.task.mpi_env: the MPI task's environment and its rank report file."""
+"""Unit tests for parsl_dragon.task.mpi_env (the MPI task's environment and rank report) and
+parsl_dragon.task.prefix (what ``$PARSL_MPI_PREFIX`` is), with the real ``prefix.sh``."""
 from __future__ import annotations
 
-import json
 import os
+import shutil
 import stat
+import subprocess
+import time
+
+import pytest
 
 from parsl_dragon.core.placement import Placement
 from parsl_dragon.core.spec import normalize_spec
-from parsl_dragon.task import mpi_env
-from parsl_dragon.vocabulary import ENV_RANK_REPORT, ENV_TASK
+from parsl_dragon.task import mpi_env, prefix
+from parsl_dragon.vocabulary import ENV_PMI_PROBLEM, ENV_RANK_DIR, ENV_RANK_REPORT, ENV_TASK, ENV_WORKER_PID
 
-SPEC = normalize_spec({"num_nodes": 2, "ranks_per_node": 2})
+SPEC = normalize_spec({"num_nodes": 2, "ranks_per_node": 2, "pmi": "none"})
+MPIEXEC_SPEC = normalize_spec({"num_nodes": 2, "ranks_per_node": 2, "pmi": "mpiexec", "launcher_options": "-v -x A"})
 PLACEMENT = Placement(7, ("n1", "n2"), ((0, 1), (0, 1)), ((), ()))
 
 
-def test_the_task_sees_htex_variables_from_its_spec_and_placement():
-    env = mpi_env.task_environment(7, SPEC, PLACEMENT, "/r/ranks.json")
+def test_the_task_sees_htex_variables_and_its_private_directory():
+    with mpi_env.mpi_task(7, SPEC, PLACEMENT) as task:
+        env = dict(os.environ)
+        st = os.lstat(task.directory)
+        assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.geteuid()
+        assert os.path.basename(task.directory).startswith("parsl-dragon-ranks-7-")
     assert {k: env[k] for k in ("PARSL_NUM_NODES", "PARSL_RANKS_PER_NODE", "PARSL_NUM_RANKS", "PARSL_MPI_NODELIST")} \
         == {"PARSL_NUM_NODES": "2", "PARSL_RANKS_PER_NODE": "2", "PARSL_NUM_RANKS": "4", "PARSL_MPI_NODELIST": "n1,n2"}
-    assert env[ENV_TASK] == "7" and env[ENV_RANK_REPORT] == "/r/ranks.json"
-    assert env["PARSL_MPI_PREFIX"].endswith(" -m parsl_dragon.task.mpirun")
+    assert env[ENV_TASK] == "7" and env[ENV_RANK_DIR] == task.directory and env[ENV_WORKER_PID] == str(os.getpid())
+    assert env[ENV_RANK_REPORT] == task.report and os.path.dirname(task.report) == task.directory
+    assert env["PARSL_MPI_PREFIX"].split()[1:] == [prefix.SCRIPT, "dragon"] and ENV_PMI_PROBLEM not in env
+    assert not os.path.exists(task.directory) and ENV_RANK_DIR not in os.environ
 
 
-def test_report_lives_in_a_new_private_directory_removed_afterwards():
-    with mpi_env.mpi_task(7, SPEC, PLACEMENT) as report:
-        directory = os.path.dirname(report)
-        assert os.environ[ENV_RANK_REPORT] == report and os.environ[ENV_TASK] == "7"
-        assert os.path.basename(directory).startswith("parsl-dragon-ranks-7-")
-        st = os.lstat(directory)
-        assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.geteuid()
-        assert os.listdir(directory) == []  # the report is made new by the launch that writes it
-        mpi_env.write_report(report, [("rank 1", 3)])
-    assert not os.path.exists(directory)
-    assert ENV_RANK_REPORT not in os.environ
+def test_the_prefix_script_reads_the_variables_the_worker_sets():
+    text = open(prefix.SCRIPT).read()
+    for name in (ENV_RANK_DIR, ENV_WORKER_PID, ENV_RANK_REPORT, ENV_PMI_PROBLEM):
+        assert f"${name}" in text, name
+    assert f'"$dir/{mpi_env.LAUNCH_FIFO}"' in text and mpi_env.ERROR_LABEL + "\\t" in text
 
 
-def test_write_and_read_round_trip_and_read_removes_the_report(tmp_path):
-    report = str(tmp_path / "ranks.json")
-    mpi_env.write_report(report, [("rank 0", 1), ("rank 3", 139)], error="")
+def test_report_lines_round_trip_and_reading_removes_the_report(tmp_path):
+    report = str(tmp_path / "ranks.report")
+    mpi_env.note_failures(report, [("rank 0", 1), ("rank 3", 139)])
+    mpi_env.note_failures(report, [], error="no\tluck\non two lines")
     assert stat.S_IMODE(os.stat(report).st_mode) & 0o077 == 0
-    assert mpi_env.read_report(report) == ([("rank 0", 1), ("rank 3", 139)], "")
+    assert mpi_env.read_report(report) == ([("rank 0", 1), ("rank 3", 139)], "no luck on two lines")
     assert os.listdir(tmp_path) == []
 
 
-def test_write_replaces_a_planted_symlink_instead_of_writing_through_it(tmp_path):
+def test_notes_and_reads_never_follow_a_planted_symlink(tmp_path):
     victim = tmp_path / "victim"
-    victim.write_text("precious\n")
-    report = tmp_path / "ranks.json"
+    victim.write_text("7\trank 9\n")
+    report = tmp_path / "ranks.report"
     report.symlink_to(victim)
-    mpi_env.write_report(str(report), [("rank 0", 2)], error="boom")
-    assert victim.read_text() == "precious\n"
-    assert not report.is_symlink() and json.loads(report.read_text()) == {"failed": [["rank 0", 2]], "error": "boom"}
-    assert sorted(os.listdir(tmp_path)) == ["ranks.json", "victim"]  # no temporary file left
-
-
-def test_read_does_not_follow_a_planted_symlink(tmp_path):
-    forged = tmp_path / "forged.json"
-    forged.write_text(json.dumps({"failed": [["rank 9", 9]], "error": "forged"}))
-    report = tmp_path / "ranks.json"
-    report.symlink_to(forged)
+    with pytest.raises(OSError):
+        mpi_env.note_failures(str(report), [("rank 0", 2)])
     assert mpi_env.read_report(str(report)) == ([], "")
-    assert not os.path.lexists(report) and forged.exists()
+    assert victim.read_text() == "7\trank 9\n" and not os.path.lexists(report)
 
 
-def test_read_of_a_missing_or_malformed_report_is_empty(tmp_path):
-    report = tmp_path / "ranks.json"
+def test_a_missing_report_or_lines_that_are_not_ours_are_ignored(tmp_path):
+    report = tmp_path / "ranks.report"
     assert mpi_env.read_report(str(report)) == ([], "")
-    for content in ("{", "[]", '{"failed": [1]}', '{"failed": [["a", "x"]]}', '{"failed": 5}'):
-        report.write_text(content)
-        assert mpi_env.read_report(str(report)) == ([], ""), content
+    report.write_text("x\trank 0\n{json}\n3\trank 1\n")
+    assert mpi_env.read_report(str(report)) == ([("rank 1", 3)], "")
+
+
+# ---- $PARSL_MPI_PREFIX for each backend --------------------------------------------------------
+
+def test_dragon_backends_get_the_script_in_dragon_mode():
+    assert prefix.prefix_command(SPEC, PLACEMENT).split() == [prefix.bash(), prefix.SCRIPT, "dragon"]
+
+
+def test_mpiexec_is_run_by_the_app_with_the_placement_and_options(monkeypatch):
+    monkeypatch.setattr(prefix, "label_option", lambda mpiexec: "-prepend-rank")
+    monkeypatch.setattr(prefix.shutil, "which", lambda name, path=None: f"/opt/mpi/bin/{name}")
+    words = prefix.prefix_command(MPIEXEC_SPEC, PLACEMENT).split()
+    assert words[1:] == [prefix.SCRIPT, "mpiexec", "--", "/opt/mpi/bin/mpiexec", "-n", "4", "-ppn", "2",
+                         "-hosts", "n1,n2", "-prepend-rank", "-v", "-x", "A"]
+    timed = normalize_spec({"num_ranks": 2, "pmi": "mpiexec", "walltime": 2.5})
+    assert prefix.prefix_command(timed, PLACEMENT).split()[2:6] == ["mpiexec", "--walltime", "2.5", "--"]
+
+
+def test_a_backend_that_cannot_work_here_is_refused_with_its_reason():
+    problem = "pmi='cray' needs Cray PMI (cray-pmi / PALS)"
+    assert prefix.prefix_command(SPEC, PLACEMENT, problem).split()[1:] == [prefix.SCRIPT, "refused"]
+    with mpi_env.mpi_task(6, SPEC, PLACEMENT, problem) as task:
+        done = subprocess.run(os.environ["PARSL_MPI_PREFIX"] + " ./sim 'a b'", shell=True, capture_output=True,
+                              text=True, timeout=30)
+        assert done.returncode == 1 and problem in done.stderr
+        assert mpi_env.read_report(task.report) == ([], problem)
+
+
+@pytest.mark.skipif(shutil.which("mpiexec") is None, reason="needs an mpiexec")
+def test_the_label_option_of_the_installed_mpiexec_labels_every_line_with_its_rank():
+    mpiexec = shutil.which("mpiexec")
+    option = prefix.label_option(mpiexec)
+    assert option is not None, "the mpiexec scripts/test.sh installs (MPICH) is recognized"
+    out = subprocess.run([mpiexec, "-n", "2", option, "echo", "hi"], capture_output=True, text=True, timeout=30)
+    assert sorted(out.stdout.split("\n")) == sorted(["", "[0] hi", "[1] hi"])
+
+
+def test_an_unknown_mpiexec_gets_no_label_option(tmp_path):
+    fake = tmp_path / "mpiexec"
+    fake.write_text("#!/bin/sh\necho 'SomeMPI 1.0'\n")
+    fake.chmod(0o755)
+    assert prefix.label_option(str(fake)) is None
+    assert prefix.label_option(str(tmp_path / "missing")) is None
+
+
+def run(words, task=None, timeout=30):
+    env = dict(os.environ)
+    if task is not None:
+        env[ENV_RANK_REPORT] = task.report
+    return subprocess.run(["bash", prefix.SCRIPT, *words], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def test_mpiexec_mode_runs_the_line_and_notes_a_failure(tmp_path):
+    with mpi_env.mpi_task(3, MPIEXEC_SPEC, PLACEMENT) as task:
+        ok = run(["mpiexec", "--", "sh", "-c", "echo out; echo err >&2"], task)
+        assert (ok.returncode, ok.stdout, ok.stderr) == (0, "out\n", "err\n")
+        assert run(["mpiexec", "--", "sh", "-c", "exit 9"], task).returncode == 9
+        assert mpi_env.read_report(task.report) == ([("mpiexec", 9)], "")
+
+
+def test_mpiexec_mode_stops_the_line_at_the_walltime(tmp_path):
+    with mpi_env.mpi_task(4, MPIEXEC_SPEC, PLACEMENT) as task:
+        started = time.monotonic()
+        done = run(["mpiexec", "--walltime", "0.5", "--", "sleep", "30"], task)
+        assert done.returncode == 1 and "walltime of 0.5 s" in done.stderr
+        assert time.monotonic() - started < 10
+        assert mpi_env.read_report(task.report) == ([("mpiexec", -2)], "")

@@ -1,32 +1,56 @@
-"""RankLaunches: one thread per launch, replies to the service loop, and the start-up guard.
+"""RankLaunches: one thread per launch, replies to the service loop (woken through a pipe),
+the start-up guard, cancellation, and which launches the server refuses.
 
 The backend here is a stand-in object with ``run_ranks`` (the real one needs a Dragon
-runtime and is exercised by tests/integration/test_mpi.py); it lets a launch hang on
+runtime; tests/unit/test_backend.py runs it against a fake Dragon); it lets a launch hang on
 purpose, which no real PMI path may be made to do on this machine.
 """
 import threading
 import time
 
+import pytest
+import zmq
+
 from parsl_dragon.core.placement import Placement
-from parsl_dragon.core.spec import normalize_spec
-from parsl_dragon.server.backend import RankJob, RankOutcome
-from parsl_dragon.server.ranks import RankLaunches, job_from
+from parsl_dragon.core.spec import TaskSpec, normalize_spec
+from parsl_dragon.server.backend import MPIEXEC_REFUSED, RankJob, RankOutcome
+from parsl_dragon.server.ranks import RankLaunches, job_from, refusal
+from parsl_dragon.server.taskbook import Task
 from parsl_dragon.wire import protocol as p
 
 
 class Backend:
-    def __init__(self, outcome=None, hang=False, fail=None):
-        self.outcome, self.hang, self.fail = outcome, hang, fail
-        self.release = threading.Event()
+    """``hang``: never starts (a wedged wire-up) until released; ``run_until_cancelled``: started
+    ranks that run until the launch is cancelled (``cancels`` records that it was)."""
 
-    def run_ranks(self, job, on_started):
+    def __init__(self, outcome=None, hang=False, fail=None, run_until_cancelled=False, delay=0.0):
+        self.outcome, self.hang, self.fail = outcome, hang, fail
+        self.run_until_cancelled, self.delay = run_until_cancelled, delay
+        self.release = threading.Event()
+        self.cancels = []
+
+    def run_ranks(self, job, on_started, cancel):
         if self.fail:
             raise self.fail
         if self.hang:
-            self.release.wait(10)  # never calls on_started: a wedged wire-up
+            self.release.wait(10)
+            self.cancels.append(cancel.is_set())
             return RankOutcome([0], ["rank 0"])
         on_started()
+        if self.run_until_cancelled:
+            self.cancels.append(cancel.wait(10))
+            return RankOutcome([-9], ["rank 0"])
+        time.sleep(self.delay)
         return self.outcome
+
+
+@pytest.fixture
+def closing():
+    """Launch tables made by a test, closed (pipe fds freed, launches cancelled) after it."""
+    made = []
+    yield lambda *args, **kwargs: made.append(RankLaunches(*args, **kwargs)) or made[-1]
+    for launches in made:
+        launches.close()
 
 
 def job(task_id=7, hosts=("n1",), ranks_per_node=1):
@@ -50,8 +74,42 @@ def test_completed_launch_is_answered_with_codes_and_labels():
     [(identity, reply)] = wait_for_replies(launches)
     assert identity == b"helper"
     assert reply == p.RanksDone(task_id=7, exit_codes=[0, 3], labels=["rank 0", "rank 1"],
-                                output_dir="/tmp/out-7", error="")
+                                output_dir="/tmp/out-7", error="", launch=0)
     assert launches.running() == 0
+
+
+def test_every_reply_echoes_the_launch_number(closing):
+    launches = closing(Backend(RankOutcome([0], ["rank 0"])))
+    launches.start(b"n1:1/ranks", job(), client_task_id=1, launch=5)
+    launches.start(b"n1:1/ranks", job(), client_task_id=1, launch=6)
+    replies = wait_for_replies(launches)
+    while len(replies) < 2:
+        replies += wait_for_replies(launches)
+    assert sorted(reply.launch for _, reply in replies) == [5, 6]
+    failing = closing(Backend(fail=RuntimeError("boom")))
+    failing.start(b"n1:1/ranks", job(), client_task_id=1, launch=8)
+    [(_, reply)] = wait_for_replies(failing)
+    assert reply.launch == 8 and "boom" in reply.error
+    hanging = Backend(hang=True)
+    overdue = closing(hanging, start_timeout_ms=100, per_rank_ms=0)
+    overdue.start(b"n1:1/ranks", job(), client_task_id=1, launch=9)
+    [(_, reply)] = wait_for_replies(overdue)
+    assert reply.launch == 9 and "did not start within" in reply.error
+    hanging.release.set()
+
+
+def test_a_finished_launch_wakes_the_service_loop_at_once(closing):
+    launches = closing(Backend(RankOutcome([0], ["rank 0"]), delay=0.3))
+    poller = zmq.Poller()
+    poller.register(launches.wakeup, zmq.POLLIN)
+    launches.start(b"h", job(), client_task_id=1)
+    assert poller.poll(timeout=100) == [], "nothing to say while the ranks run"
+    begun = time.monotonic()
+    assert poller.poll(timeout=2000), "the launch's thread wakes the poller"
+    assert time.monotonic() - begun < 0.4
+    [(_, reply)] = launches.finished()
+    assert reply.exit_codes == [0]
+    assert poller.poll(timeout=0) == [], "finished() drained the wake-up"
 
 
 def test_backend_exception_becomes_an_error_reply_not_a_crash():
@@ -70,6 +128,59 @@ def test_launch_that_never_starts_is_answered_and_abandoned():
     backend.release.set()  # the stuck thread finishes late: its result must not be sent again
     time.sleep(0.3)
     assert launches.finished() == [] and launches.running() == 0
+    assert backend.cancels == [True], "ranks that start after all are told to stop"
+
+
+def test_a_task_that_ends_stops_its_launch_and_nothing_more_is_answered(closing):
+    backend = Backend(run_until_cancelled=True)
+    launches = closing(backend)
+    launches.start(b"n1:1/ranks", job(task_id=7), client_task_id=1, launch=1)
+    launches.start(b"n1:2/ranks", job(task_id=8), client_task_id=2, launch=1)
+    time.sleep(0.1)
+    assert launches.cancel_task(7) == [] and launches.running() == 1
+    deadline = time.monotonic() + 2
+    while not backend.cancels and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert backend.cancels == [True], "task 7's ranks were stopped, task 8's run on"
+    time.sleep(0.1)
+    assert launches.finished() == []
+    assert launches.cancel_task(99) == [], "a task without launches: nothing to do"
+
+
+def test_a_cancel_with_a_reason_answers_whoever_still_waits(closing):
+    launches = closing(Backend(run_until_cancelled=True))
+    launches.start(b"n1:1/ranks", job(task_id=7), client_task_id=1, launch=3)
+    [(identity, reply)] = launches.cancel_task(7, "the task's client is gone")
+    assert identity == b"n1:1/ranks" and reply.launch == 3 and reply.error == "the task's client is gone"
+    assert launches.cancel_task(7, "again") == [], "answered once"
+    time.sleep(0.2)
+    assert launches.finished() == [] and launches.running() == 0
+
+
+def test_close_stops_every_launch():
+    backend = Backend(run_until_cancelled=True)
+    launches = RankLaunches(backend)
+    launches.start(b"h", job(), client_task_id=1)
+    time.sleep(0.1)
+    launches.close()
+    launches.close()  # idempotent
+    deadline = time.monotonic() + 2
+    while not backend.cancels and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert backend.cancels == [True] and launches.finished() == []
+
+
+def test_the_server_refuses_mpiexec_launches_and_tasks_it_does_not_run():
+    message = p.LaunchRanks(task_id=4, argv=["./a.out"], cwd="/", launch=2)
+    placement = Placement(4, ("n1",), ((0,),), ((),))
+    mpiexec = Task(b"c1", 40, normalize_spec({"num_ranks": 2, "pmi": "mpiexec"}), b"", placement)
+    reply = refusal(message, mpiexec)
+    assert reply.error == MPIEXEC_REFUSED and reply.launch == 2 and reply.exit_codes == []
+    assert "started by mpiexec itself, not by the server" in reply.error
+    assert "no running MPI task 4" in refusal(message, None).error
+    assert "no running MPI task 4" in refusal(message, Task(b"c1", 40, TaskSpec(), b"")).error
+    none = Task(b"c1", 40, normalize_spec({"num_ranks": 2, "pmi": "none"}), b"", placement)
+    assert refusal(message, none) is None
 
 
 def test_start_limit_grows_with_the_rank_count():

@@ -72,6 +72,7 @@ def server(tmp_path):
     srv.clients.links.sock, srv.worker_links.sock = FakeSocket(), FakeSocket()
     srv.scheduler = TaskScheduler([NodeSlots("n1", 4, 0, workers=2)])
     yield srv
+    srv.rank_launches.close()
     srv.context.destroy(linger=0)
 
 
@@ -246,7 +247,8 @@ def test_a_worker_that_reconnects_is_told_which_tasks_it_should_hold(server):
 # ---- resource specifications and placements
 
 def _failed(srv, identity=b"c1"):
-    return [r for batch in srv.clients.links.sock.to(identity, p.TaskResults) for r in batch.results if r.status == p.FAILED]
+    return [r for batch in srv.clients.links.sock.to(identity, p.TaskResults) for r in batch.results
+            if r.status == p.FAILED]
 
 
 def _entries(srv, worker_id=b"n1:1"):
@@ -292,11 +294,77 @@ def test_an_mpi_task_reaches_its_worker_with_spec_and_placement_and_its_ranks_us
     assert mpi.spec == spec and mpi.placement == Placement(1, ("n1",), ((0, 1),), ((),))
     assert serial.spec == TaskSpec() and serial.placement is None
     jobs = []
-    monkeypatch.setattr(server.rank_launches, "start", lambda identity, job, client_task_id: jobs.append(job))
-    server._on_backend(b"launcher", p.encode(p.LaunchRanks(task_id=1, argv=["a.out"], cwd="/")))
-    [job] = jobs
+    monkeypatch.setattr(server.rank_launches, "start",
+                        lambda identity, job, client_task_id, launch: jobs.append((job, launch)))
+    server._on_backend(b"launcher", p.encode(p.LaunchRanks(task_id=1, argv=["a.out"], cwd="/", launch=4)))
+    [(job, launch)] = jobs
+    assert launch == 4
     assert (job.hosts, job.cores, job.gpus, job.ranks_per_node) == (["n1"], [[0, 1]], [[]], 2)
     assert (job.pmi, job.cpu_bind, job.walltime) == ("none", True, 9.0)
     server._on_backend(b"launcher", p.encode(p.LaunchRanks(task_id=2, argv=["a.out"], cwd="/")))
     [reply] = server.worker_links.sock.to(b"launcher", p.RanksDone)
     assert "no running MPI task 2" in reply.error and len(jobs) == 1, "a serial task has no ranks to launch"
+
+
+class RankBackend(FakeBackend):
+    """Launches whose ranks run until cancelled; ``cancelled`` lists the tasks whose ranks stopped."""
+
+    def __init__(self):
+        super().__init__()
+        self.cancelled = []
+
+    def run_ranks(self, job, on_started, cancel):
+        on_started()
+        if cancel.wait(10):
+            self.cancelled.append(job.task_id)
+        return p.RanksDone  # never looked at: a cancelled launch is not answered
+
+
+def _mpi_task(srv, spec, client_task_id=10, identity=b"c1"):
+    srv._on_frontend(identity, p.encode(p.SubmitTasks(tasks=[p.TaskEntry(client_task_id, normalize_spec(spec))],
+                                                      payloads=[b"mpi"])))
+
+
+def _wait_for(predicate, timeout=2.0):
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return predicate()
+
+
+def test_the_ranks_of_an_mpiexec_task_are_not_the_servers_to_start(server, monkeypatch):
+    hello(server)
+    worker(server)
+    _mpi_task(server, {"num_ranks": 2, "pmi": "mpiexec"})
+    monkeypatch.setattr(server.rank_launches, "start", lambda *args: pytest.fail("nothing may start"))
+    server._on_backend(b"n1:1/ranks", p.encode(p.LaunchRanks(task_id=1, argv=["a.out"], cwd="/", launch=7)))
+    [reply] = server.worker_links.sock.to(b"n1:1/ranks", p.RanksDone)
+    assert reply.launch == 7 and reply.exit_codes == []
+    assert reply.error == "ranks of pmi='mpiexec' tasks are started by mpiexec itself, not by the server"
+
+
+@pytest.mark.parametrize("ending", ["result", "worker lost", "client gone"])
+def test_ranks_do_not_outlive_their_task(server, ending):
+    server.backend = RankBackend()
+    server.rank_launches.backend = server.backend
+    hello(server)
+    worker(server)
+    _mpi_task(server, {"num_ranks": 2, "pmi": "none"})
+    server._on_backend(b"n1:1/ranks", p.encode(p.LaunchRanks(task_id=1, argv=["a.out"], cwd="/", launch=3)))
+    assert server.rank_launches.running() == 1
+    if ending == "result":
+        result(server, 1)
+    elif ending == "worker lost":
+        server._on_worker_lost("n1:1", "test")
+    else:
+        server._drop_client(b"c1")
+    assert _wait_for(lambda: server.backend.cancelled == [1]), "the launch's ranks were stopped"
+    assert server.rank_launches.running() == 0
+    time.sleep(0.05)
+    assert server.rank_launches.finished() == []
+    replies = server.worker_links.sock.to(b"n1:1/ranks", p.RanksDone)
+    if ending == "client gone":  # the task still runs on its worker, which waits for an answer
+        [reply] = replies
+        assert reply.launch == 3 and "client is gone" in reply.error
+    else:
+        assert replies == [], "nobody waits for an answer any more"

@@ -1,0 +1,82 @@
+"""What ``$PARSL_MPI_PREFIX`` is for one MPI task: a command line for ``task/prefix.sh``.
+
+Two ways to start ranks, chosen by the task's ``pmi``::
+
+    mpiexec           bash prefix.sh mpiexec [--walltime S] -- /path/mpiexec -n N -ppn R -hosts h1,h2
+                          [label option] [launcher_options]
+                      the site's mpiexec, run by the app itself as in HTEX's MPI mode: no
+                      interpreter, no server round trip; the prefix notes its failure
+    none, cray, pmix  bash prefix.sh dragon
+                      Dragon starts the ranks: the worker's rank service asks the server
+
+A backend that cannot work here (no ``mpiexec`` on PATH) gets ``bash prefix.sh refused``, which
+fails every launch with the reason the worker put in ``PARSL_DRAGON_PMI_PROBLEM``.
+The shell splits ``$PARSL_MPI_PREFIX`` on whitespace and takes quotes in it literally, as it
+does HTEX's: so the line is joined with spaces, never quoted, and holds nothing that would
+need quoting but ``launcher_options``, which goes in as written (as in HTEX).
+
+The label option makes mpiexec prefix every output line with its rank, as Dragon-launched
+ranks are labelled ``[rank N]``: ``-prepend-rank`` for MPICH's Hydra, ``--tag-output`` for
+Open MPI, ``--label`` for Cray PALS; an mpiexec we do not recognize gets none. ``mpiexec
+--version`` is asked once per worker and mpiexec path.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import subprocess
+from typing import List, Optional
+
+from parsl_dragon.core.placement import Placement
+from parsl_dragon.core.spec import TaskSpec
+
+logger = logging.getLogger(__name__)
+
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prefix.sh")
+# (marker in `mpiexec --version`, option that labels each output line with its rank)
+_LABEL_OPTIONS = (("HYDRA", "-prepend-rank"), ("Open MPI", "--tag-output"), ("OpenRTE", "--tag-output"),
+                  ("PALS", "--label"))
+
+
+def bash() -> str:
+    """The bash that runs the prefix (``prefix.sh`` uses bash's ``read -t``)."""
+    return shutil.which("bash") or "/bin/bash"
+
+
+@functools.lru_cache(maxsize=8)
+def label_option(mpiexec: str) -> Optional[str]:
+    """The option that makes ``mpiexec`` label output lines with their rank; None if unknown."""
+    try:
+        version = subprocess.run([mpiexec, "--version"], capture_output=True, text=True, timeout=10,
+                                 errors="replace")
+    except (OSError, subprocess.SubprocessError) as exc:
+        logger.warning("Could not ask %s for its version (%s): its output lines will not be labelled", mpiexec, exc)
+        return None
+    text = version.stdout + version.stderr
+    for marker, option in _LABEL_OPTIONS:
+        if marker in text:
+            return option
+    logger.warning("Unknown mpiexec %s: its output lines will not be labelled with ranks", mpiexec)
+    return None
+
+
+def mpiexec_words(mpiexec: str, spec: TaskSpec, placement: Placement) -> List[str]:
+    """``mpiexec -n N -ppn R -hosts ...`` for the task's placement, as HTEX builds it."""
+    label = label_option(mpiexec)
+    return [mpiexec, "-n", str(spec.num_ranks), "-ppn", str(spec.ranks_per_node), "-hosts", ",".join(placement.hosts),
+            *([label] if label else []), *([spec.launcher_options] if spec.launcher_options.strip() else [])]
+
+
+def prefix_command(spec: TaskSpec, placement: Placement, problem: Optional[str] = None) -> str:
+    """``$PARSL_MPI_PREFIX`` for an MPI task; ``problem``: the backend cannot work here (the
+    worker exports it as ``PARSL_DRAGON_PMI_PROBLEM``)."""
+    head = [bash(), SCRIPT]
+    if problem:
+        return " ".join([*head, "refused"])
+    if spec.pmi != "mpiexec":
+        return " ".join([*head, "dragon"])
+    mpiexec = shutil.which("mpiexec") or "mpiexec"
+    walltime = [] if spec.walltime is None else ["--walltime", f"{float(spec.walltime):g}"]
+    return " ".join([*head, "mpiexec", *walltime, "--", *mpiexec_words(mpiexec, spec, placement)])
