@@ -1,19 +1,17 @@
-"""What ``$PARSL_MPI_PREFIX`` is for one MPI task: a command line for ``task/prefix.sh``.
+"""What ``$PARSL_MPI_PREFIX`` is for one MPI task, by the task's ``pmi``::
 
-Two ways to start ranks, chosen by the task's ``pmi``::
-
-    mpiexec           bash prefix.sh mpiexec [--walltime S] -- /path/mpiexec -n N -ppn R -hosts h1,h2
-                          [label option] [launcher_options]
-                      the site's mpiexec, run by the app itself as in HTEX's MPI mode: no
-                      interpreter, no server round trip; the prefix notes its failure
+    mpiexec           [timeout -k 5 S] /path/mpiexec -n N -ppn R -hosts h1,h2 [label] [launcher_options]
+                      the site's mpiexec, run by the app itself as in HTEX's MPI mode: no wrapper,
+                      no interpreter, no server round trip (each would cost as much as mpiexec's
+                      own ~7 ms start here); under timeout(1) when the task has a ``walltime``
     none, cray, pmix  bash prefix.sh dragon
                       Dragon starts the ranks: the worker's rank service asks the server
 
-A backend that cannot work here (no ``mpiexec`` on PATH) gets ``bash prefix.sh refused``, which
-fails every launch with the reason the worker put in ``PARSL_DRAGON_PMI_PROBLEM``.
-The shell splits ``$PARSL_MPI_PREFIX`` on whitespace and takes quotes in it literally, as it
-does HTEX's: so the line is joined with spaces, never quoted, and holds nothing that would
-need quoting but ``launcher_options``, which goes in as written (as in HTEX).
+A backend that cannot work here (no ``mpiexec`` on PATH, no Cray PMI, no libpmix) gets ``bash
+prefix.sh refused``, which fails every launch with the reason the worker put in
+``PARSL_DRAGON_PMI_PROBLEM``. The shell splits ``$PARSL_MPI_PREFIX`` on whitespace and takes
+quotes in it literally, as it does HTEX's: so the line is joined with spaces, never quoted, and
+holds nothing that would need quoting but ``launcher_options``, which goes in as written.
 
 The label option makes mpiexec prefix every output line with its rank, as Dragon-launched
 ranks are labelled ``[rank N]``: ``-prepend-rank`` for MPICH's Hydra, ``--tag-output`` for
@@ -34,6 +32,7 @@ from parsl_dragon.core.spec import TaskSpec
 
 logger = logging.getLogger(__name__)
 
+MPIEXEC_KILL_AFTER_S = 5  # timeout(1): from SIGTERM at the walltime to SIGKILL
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prefix.sh")
 # (marker in `mpiexec --version`, option that labels each output line with its rank)
 _LABEL_OPTIONS = (("HYDRA", "-prepend-rank"), ("Open MPI", "--tag-output"), ("OpenRTE", "--tag-output"),
@@ -78,5 +77,5 @@ def prefix_command(spec: TaskSpec, placement: Placement, problem: Optional[str] 
     if spec.pmi != "mpiexec":
         return " ".join([*head, "dragon"])
     mpiexec = shutil.which("mpiexec") or "mpiexec"
-    walltime = [] if spec.walltime is None else ["--walltime", f"{float(spec.walltime):g}"]
-    return " ".join([*head, "mpiexec", *walltime, "--", *mpiexec_words(mpiexec, spec, placement)])
+    timeout = [] if spec.walltime is None else ["timeout", "-k", str(MPIEXEC_KILL_AFTER_S), f"{float(spec.walltime):g}"]
+    return " ".join([*timeout, *mpiexec_words(mpiexec, spec, placement)])

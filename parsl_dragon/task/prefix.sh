@@ -3,12 +3,10 @@
 #     $PARSL_MPI_PREFIX ./sim --step 1      (in an app whose resource specification has MPI keys)
 #
 # A bash script, not a Python program: starting Python costs ~30 ms, as much as starting two
-# ranks through Dragon. The worker running the task sets PARSL_MPI_PREFIX to one of
-# (parsl_dragon/task/prefix.py writes these lines):
-#
-#   bash prefix.sh dragon                          ranks started by Dragon (pmi none, cray, pmix)
-#   bash prefix.sh mpiexec [--walltime S] -- mpiexec -n N -ppn R -hosts H [label] [launcher_options]
-#   bash prefix.sh refused                         the backend cannot work here ($PARSL_DRAGON_PMI_PROBLEM)
+# ranks through Dragon. For ranks Dragon starts (pmi none, cray, pmix) the worker running the
+# task sets PARSL_MPI_PREFIX to "bash prefix.sh dragon"; for a backend that cannot work on the
+# node, to "bash prefix.sh refused" (the reason in $PARSL_DRAGON_PMI_PROBLEM). pmi="mpiexec" does
+# not come here: its prefix is the mpiexec command line itself (parsl_dragon/task/prefix.py).
 #
 # dragon: writes this process's pid to the task's launch FIFO ($PARSL_DRAGON_RANK_DIR/launch)
 # and waits on its own reply FIFO. The worker (parsl_dragon/task/rank_service.py) reads our
@@ -16,20 +14,15 @@
 # start the ranks, writes their output, each line labelled "[rank N]", to out.<pid> and
 # err.<pid> beside the FIFO, and our exit code to reply.<pid>. A worker that is gone is
 # noticed within 2 s (kill -0), so this never waits for nobody.
-# mpiexec: runs the rest of the line (under timeout(1) when the task has a walltime).
 #
 # Exit: 0 when every rank exited 0; else the first failing rank's code, or 1 when that code is
 # not an exit status (a signal, or a rank stopped at its walltime); 1 when the ranks could not
 # be launched; 2 outside an MPI task or without a command. Each failure is also appended to
 # the task's rank report ($PARSL_DRAGON_RANK_REPORT, lines "<code><TAB><label>" or
-# "error<TAB><why>"), which the worker turns into a RankFailure naming the ranks.
+# "error<TAB><why>"; the worker's rank service writes the ranks' lines), which the worker
+# turns into a RankFailure naming the ranks.
 
 program="\$PARSL_MPI_PREFIX (parsl-dragon)"
-
-note() {  # note CODE LABEL: one failing rank (or launcher) in the rank report
-    [ -n "$PARSL_DRAGON_RANK_REPORT" ] && printf '%s\t%s\n' "$1" "$2" >>"$PARSL_DRAGON_RANK_REPORT" 2>/dev/null
-    return 0
-}
 
 fail() {  # fail CODE WHY: say why on stderr and in the rank report, and exit with CODE
     printf '%s: %s\n' "$program" "$2" >&2
@@ -69,29 +62,8 @@ run_dragon() {
     exit "$code"
 }
 
-run_mpiexec() {
-    local walltime="" code
-    if [ "$1" = --walltime ]; then walltime=$2; shift 2; fi
-    [ "$1" = -- ] && shift
-    if [ -n "$walltime" ]; then
-        timeout -k 5 "$walltime" "$@"
-        code=$?
-        if [ "$code" -eq 124 ]; then
-            note -2 mpiexec
-            printf '%s: mpiexec ran past the walltime of %s s and was stopped\n' "$program" "$walltime" >&2
-            exit 1
-        fi
-    else
-        "$@"
-        code=$?
-    fi
-    [ "$code" -eq 0 ] || note "$code" mpiexec
-    exit "$code"
-}
-
 case $1 in
     dragon) shift; run_dragon "$@" ;;
-    mpiexec) shift; run_mpiexec "$@" ;;
     refused) fail 1 "${PARSL_DRAGON_PMI_PROBLEM:-the PMI backend of this task cannot work on this node}" ;;
     *) usage ;;
 esac

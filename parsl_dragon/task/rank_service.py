@@ -194,14 +194,22 @@ class RankService:
             self._on_link_event(recv_monitor_message(monitor)["event"])
         if sock in events:
             while sock.poll(0):
-                self._on_message(sock.recv_multipart())
+                self._guarded(self._on_message, sock.recv_multipart())
         for fd in [fd for fd in self._open if fd in events]:
-            self._on_fifo(self._open[fd])
+            self._guarded(self._on_fifo, self._open[fd])
         if self._wake_r in events and not self._on_commands(poller):
             return False
         self._expire()
         self._send_outbox(sock)
         return True
+
+    @staticmethod
+    def _guarded(handler, *args) -> None:
+        """One request or reply that cannot be handled never stops the service."""
+        try:
+            handler(*args)
+        except Exception:
+            logger.exception("The rank service could not handle %s; it goes on", handler.__name__)
 
     def _send_outbox(self, sock: zmq.Socket) -> None:
         """Send what waits, never blocking: a DEALER between two connections has no peer, and a
@@ -340,7 +348,9 @@ class RankService:
             logger.info("No prefix waits at %s any more (%s)", reply, exc.strerror)
             return
         try:
+            os.unlink(reply)  # first: once it has its answer the prefix may exit and its task end
             os.write(fd, f"{code}\n".encode())
+        except OSError as exc:  # the task's directory went with its task
+            logger.info("Could not answer at %s (%s)", reply, exc.strerror)
         finally:
             os.close(fd)
-            os.unlink(reply)

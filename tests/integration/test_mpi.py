@@ -75,10 +75,9 @@ def test_real_mpi_program_through_mpiexec(load_dfk, allreduce, tmp_path):
     lines = sorted(line for line in out.read_text().splitlines() if "sum" in line)
     assert lines == ["[0] rank 0 of 2 sum 1", "[1] rank 1 of 2 sum 1"], "ranks see each other, lines labelled"
 
-    with pytest.raises(BashExitFailure) as info:
+    with pytest.raises(BashExitFailure) as info:  # mpiexec's own exit code, as in HTEX's MPI mode
         ranks(f"{allreduce} 1", parsl_resource_specification=spec, stdout=str(tmp_path / "f.out")).result(timeout=120)
-    assert isinstance(info.value, RankFailure) and info.value.exitcode != 0
-    assert "mpiexec exited with" in str(info.value)
+    assert info.value.exitcode != 0
 
 
 def test_ranks_get_their_own_variables_and_labels(load_dfk, tmp_path):
