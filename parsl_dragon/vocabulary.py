@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
-from parsl_dragon.errors import ConfigurationError
-
 # --- PMI: how an MPI task's ranks find each other -----------------------------------------
 PMI_BACKENDS: Tuple[str, ...] = ("cray", "pmix", "mpiexec", "none")
 DEFAULT_PMI = "mpiexec"  # one mpiexec (MPICH hydra) starts the ranks; works without PALS or PMIx
@@ -71,6 +69,15 @@ RANK_STARTUP_MS_PER_RANK = 10
 DEFAULT_OWNER_TIMEOUT_MS = 60_000
 
 
+def errors():
+    """:mod:`parsl_dragon.errors`, imported on first use. It roots our error tree in Parsl's, so
+    importing it imports all of Parsl (~0.6 s): code on a block's start-up path (the boot
+    process, ``host/``, the key checks) raises through this and pays that only when something
+    is wrong, not before the runtime starts."""
+    from parsl_dragon import errors as module
+    return module
+
+
 def parse_timeout_ms(value: object, name: str) -> int:
     """A timeout in milliseconds: a positive integer, or ``-1`` (:data:`NO_LIMIT`) for no limit.
 
@@ -79,10 +86,11 @@ def parse_timeout_ms(value: object, name: str) -> int:
     try:
         ms = int(str(value).strip())
     except ValueError as exc:
-        raise ConfigurationError(f"{name} must be an integer number of milliseconds or -1, got {value!r}") from exc
+        raise errors().ConfigurationError(
+            f"{name} must be an integer number of milliseconds or -1, got {value!r}") from exc
     if ms == NO_LIMIT or ms > 0:
         return ms
-    raise ConfigurationError(f"{name} must be > 0 (milliseconds) or -1 (no limit), got {ms}")
+    raise errors().ConfigurationError(f"{name} must be > 0 (milliseconds) or -1 (no limit), got {ms}")
 
 
 def timeout_seconds(ms: int) -> Optional[float]:
@@ -94,14 +102,14 @@ def parse_transport(value: object, name: str) -> str:
     """One of :data:`TRANSPORTS` (case-insensitive)."""
     transport = str(value).strip().lower()
     if transport not in TRANSPORTS:
-        raise ConfigurationError(f"{name} must be one of {', '.join(TRANSPORTS)}; got {value!r}")
+        raise errors().ConfigurationError(f"{name} must be one of {', '.join(TRANSPORTS)}; got {value!r}")
     return transport
 
 
 def parse_pmi(value: object, name: str) -> str:
     """One of :data:`PMI_BACKENDS`."""
     if not isinstance(value, str) or value not in PMI_BACKENDS:
-        raise ConfigurationError(f"{name} must be one of {', '.join(PMI_BACKENDS)}, got {value!r}")
+        raise errors().ConfigurationError(f"{name} must be one of {', '.join(PMI_BACKENDS)}, got {value!r}")
     return value
 
 

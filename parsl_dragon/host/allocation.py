@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, List, Mapping, Optional
 
-from parsl_dragon.errors import ConfigurationError
+from parsl_dragon.vocabulary import errors
 
 SLURM, PBS = "slurm", "pbs"
 
@@ -60,7 +60,7 @@ def current_allocation(env: Optional[Mapping[str, str]] = None) -> Optional[Allo
     if env.get("SLURM_JOB_ID"):
         count = env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or "1"
         if not count.isdigit() or int(count) < 1:
-            raise ConfigurationError(f"SLURM_JOB_NUM_NODES must be a positive integer, got {count!r}")
+            raise errors().ConfigurationError(f"SLURM_JOB_NUM_NODES must be a positive integer, got {count!r}")
         return Allocation(SLURM, env["SLURM_JOB_ID"], int(count), env.get("SLURM_STEP_ID") or None)
     nodefile = env.get("PBS_NODEFILE")
     if env.get("PBS_JOBID") and nodefile and os.path.exists(nodefile):  # a job without one is no allocation
@@ -73,8 +73,9 @@ def block_nodes(allocation: Allocation, wanted: Optional[int]) -> int:
     if wanted is None:
         return allocation.nodes
     if wanted < 1 or wanted > allocation.nodes:
-        raise ConfigurationError(f"allocation_nodes={wanted}, but {allocation.describe()} has "
-                                 f"{allocation.nodes}: give 1 to {allocation.nodes}, or leave it unset for all")
+        raise errors().ConfigurationError(f"allocation_nodes={wanted}, but {allocation.describe()} has "
+                                          f"{allocation.nodes}: give 1 to {allocation.nodes}, or leave it unset "
+                                          "for all")
     return wanted
 
 
@@ -82,7 +83,7 @@ def check_can_span(allocation: Allocation, nodes: int) -> None:
     """Refuse a multi-node block that cannot start from here (a Slurm job step), saying why and
     what to run instead."""
     if nodes > 1 and allocation.scheduler == SLURM and allocation.step is not None:
-        raise ConfigurationError(
+        raise errors().ConfigurationError(
             f"this driver runs inside step {allocation.step} of {allocation.describe()} (SLURM_STEP_ID is set: "
             "started with srun): the step holds the job's resources, so the srun with which Dragon starts "
             "itself on the other nodes would wait forever. Run the driver in the batch script itself "
@@ -96,19 +97,19 @@ def job_to_span(provider: Any, in_allocation: Optional[bool], allocation_nodes: 
     a block on this node; refuses combinations that cannot mean anything."""
     if provider is not None:
         if in_allocation:
-            raise ConfigurationError("in_allocation=True runs the block in the driver's own job; a provider asks the "
-                                     "batch system for new jobs: give one or the other")
+            raise errors().ConfigurationError("in_allocation=True runs the block in the driver's own job; a provider "
+                                              "asks the batch system for new jobs: give one or the other")
         job = None
     else:
         job = None if in_allocation is False else current_allocation(env)
         if job is None and in_allocation:
-            raise ConfigurationError("in_allocation=True, but this process runs in no batch job (neither SLURM_JOB_ID "
-                                     "nor PBS_JOBID is set): run the driver inside sbatch/salloc or a PBS job, or "
-                                     "give a provider")
+            raise errors().ConfigurationError("in_allocation=True, but this process runs in no batch job (neither "
+                                              "SLURM_JOB_ID nor PBS_JOBID is set): run the driver inside sbatch/salloc "
+                                              "or a PBS job, or give a provider")
     if job is None:
         if allocation_nodes is not None:
-            raise ConfigurationError("allocation_nodes needs a block in the driver's job (in_allocation); "
-                                     "with a provider, set the provider's nodes_per_block")
+            raise errors().ConfigurationError("allocation_nodes needs a block in the driver's job (in_allocation); "
+                                              "with a provider, set the provider's nodes_per_block")
         return None
     span = block_nodes(job, allocation_nodes)
     check_can_span(job, span)

@@ -51,7 +51,6 @@ import sys
 import uuid
 from typing import Dict, List, Optional
 
-from parsl_dragon.errors import ConfigurationError, InsecurePath
 from parsl_dragon.host import startup
 from parsl_dragon.host.allocation import check_can_span, current_allocation, pbs_hosts
 from parsl_dragon.host.processes import DriverWatch
@@ -64,6 +63,7 @@ from parsl_dragon.vocabulary import (
     ENV_BLOCK_TOKEN,
     ENV_NODES_PER_BLOCK,
     TRANSPORTS,
+    errors,
 )
 from parsl_dragon.wire.security import private_directory
 
@@ -152,7 +152,7 @@ def step_problem(env: Dict[str, str]) -> Optional[str]:
         assert job is not None
         try:
             check_can_span(job, runtime_nodes(env))
-        except ConfigurationError as exc:
+        except errors().ConfigurationError as exc:  # evaluated only when something was raised
             return exc.message
     return None
 
@@ -210,7 +210,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     driver = DriverWatch(args.driver_pid) if args.driver_pid is not None else None  # before anything slow
     try:
         private_directory(args.block_dir)  # ours and 0700: its bin/ goes first on PATH
-    except (InsecurePath, OSError) as exc:
+    except (errors().InsecurePath, OSError) as exc:
         print(f"parsl-dragon boot: {exc}", file=sys.stderr)  # no log file: the directory is not ours
         return 2
     logging.basicConfig(filename=os.path.join(args.block_dir, "boot.log"), level=logging.INFO,
@@ -226,7 +226,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     token = uuid.uuid4().hex
     try:
         env = block_environment(token, cleanup_shim(args.block_dir))
-    except (InsecurePath, OSError) as exc:
+    except (errors().InsecurePath, OSError) as exc:
         return _stop(exc, 2)
     check_block_size(env)
     problem = step_problem(env)
@@ -234,7 +234,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _stop(problem, 2)
     try:
         env = runtime_environment(env, args.block_dir)
-    except (InsecurePath, OSError) as exc:
+    except (errors().InsecurePath, OSError) as exc:
         return _stop(exc, 2)
     logger.info("Block on %s: allocation of %d node(s) (0: none), runtime on %d, launch mode %s%s",
                 socket.gethostname(), allocation_nodes(env), runtime_nodes(env), " ".join(launch_mode_args(env)),

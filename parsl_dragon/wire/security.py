@@ -36,8 +36,7 @@ from typing import Mapping, Optional, Tuple
 import zmq
 import zmq.auth
 
-from parsl_dragon.errors import ConfigurationError, InsecureKeyPath, InsecurePath
-from parsl_dragon.vocabulary import ENV_WORKER_ADDRESS, ENV_WORKER_SECRET, ENV_WORKER_SERVER_KEY
+from parsl_dragon.vocabulary import ENV_WORKER_ADDRESS, ENV_WORKER_SECRET, ENV_WORKER_SERVER_KEY, errors
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +86,8 @@ def check_trusted(path: str, st: os.stat_result, what: str, directory: bool = Fa
     problem = _problem(path, st, directory)
     if problem is not None:
         why, fix = problem
-        raise InsecurePath(f"refusing {what} {path} (owner uid {st.st_uid}, mode "
-                           f"{stat.S_IMODE(st.st_mode):04o}): {why}; {fix}")
+        raise errors().InsecurePath(f"refusing {what} {path} (owner uid {st.st_uid}, mode "
+                                    f"{stat.S_IMODE(st.st_mode):04o}): {why}; {fix}")
 
 
 def check_trusted_file(path: str, what: str = "file") -> None:
@@ -130,8 +129,8 @@ def _tighten_directory(path: str) -> None:
     except OSError as exc:
         if exc.errno not in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
             raise
-        raise InsecurePath(f"refusing directory {path}: it was replaced while being checked "
-                           f"({exc.strerror})") from exc
+        raise errors().InsecurePath(f"refusing directory {path}: it was replaced while being checked "
+                                    f"({exc.strerror})") from exc
     try:
         check_trusted(path, os.fstat(fd), "directory", directory=True)
         os.fchmod(fd, 0o700)
@@ -144,18 +143,18 @@ def check_private_dir(path: str) -> None:
     st = os.stat(path)
     mode = stat.S_IMODE(st.st_mode)
     if mode & 0o077:
-        raise InsecureKeyPath(
+        raise errors().InsecureKeyPath(
             f"key directory {path} has mode {mode:04o}; it must be 0700 (run: chmod 700 {path})")
     if st.st_uid != os.geteuid():
-        raise InsecureKeyPath(f"key directory {path} belongs to uid {st.st_uid}, not to you "
-                              f"(uid {os.geteuid()}); use a key directory of your own")
+        raise errors().InsecureKeyPath(f"key directory {path} belongs to uid {st.st_uid}, not to you "
+                                       f"(uid {os.geteuid()}); use a key directory of your own")
 
 
 def check_secret_file(path: str) -> None:
     """Refuse a secret key file that group or others can read."""
     mode = stat.S_IMODE(os.stat(path).st_mode)
     if mode & 0o077:
-        raise InsecureKeyPath(
+        raise errors().InsecureKeyPath(
             f"secret key file {path} has mode {mode:04o}; it must be 0600 (run: chmod 600 {path})")
 
 
@@ -165,7 +164,7 @@ def ensure_key_dir(path: str) -> None:
         private_directory(path)
         logger.info("Created key directory %s", path)
     elif not os.path.isdir(path):
-        raise ConfigurationError(f"key path {path} exists and is not a directory")
+        raise errors().ConfigurationError(f"key path {path} exists and is not a directory")
     check_private_dir(path)
 
 
@@ -193,20 +192,20 @@ def _create_pair(key_dir: str, name: str) -> None:
 def load_pair(key_dir: str, name: str, create: bool = True) -> KeyPair:
     """Load the ``name`` key pair from ``key_dir``, creating it if allowed and missing."""
     if not zmq.has("curve"):
-        raise ConfigurationError("this pyzmq/libzmq build has no CURVE support")
+        raise errors().ConfigurationError("this pyzmq/libzmq build has no CURVE support")
     ensure_key_dir(key_dir)
     secret_path = os.path.join(key_dir, f"{name}.key_secret")
     if not os.path.exists(secret_path):
         if not create:
-            raise ConfigurationError(f"no {name} key in {key_dir} (expected {secret_path})")
+            raise errors().ConfigurationError(f"no {name} key in {key_dir} (expected {secret_path})")
         _create_pair(key_dir, name)
     check_secret_file(secret_path)
     try:
         public, secret = zmq.auth.load_certificate(secret_path)
     except (OSError, ValueError) as exc:
-        raise ConfigurationError(f"cannot read key file {secret_path}: {exc}") from exc
+        raise errors().ConfigurationError(f"cannot read key file {secret_path}: {exc}") from exc
     if secret is None:
-        raise ConfigurationError(f"key file {secret_path} holds no secret key")
+        raise errors().ConfigurationError(f"key file {secret_path} holds no secret key")
     return KeyPair(public=public, secret=secret)
 
 
@@ -216,7 +215,7 @@ def load_public(key_dir: str, name: str) -> bytes:
     try:
         public, _ = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as exc:
-        raise ConfigurationError(f"cannot read public key {path}: {exc}") from exc
+        raise errors().ConfigurationError(f"cannot read public key {path}: {exc}") from exc
     return public
 
 
