@@ -212,7 +212,7 @@ class Worker:
         served = problem is None and entry.spec.pmi != "mpiexec"
         with mpi_task(entry.task_id, entry.spec, entry.placement, problem) as task:
             if served:
-                if self.ranks is None:
+                if self.ranks is None or not self.ranks.alive:  # a service that failed is replaced
                     self.ranks = RankService(self.worker_id)
                 self.ranks.begin(task)
             try:

@@ -156,6 +156,11 @@ class RankService:
         """``task`` is over: stop reading its FIFO, forget its launches."""
         self._command("end", task.task_id)
 
+    @property
+    def alive(self) -> bool:
+        """False once the service's thread has ended (stopped, or failed: a new one is needed)."""
+        return self._thread.is_alive()
+
     def close(self) -> None:
         self._command("stop", None)
         self._thread.join(timeout=5)

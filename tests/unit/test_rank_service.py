@@ -212,3 +212,10 @@ def test_without_a_command_it_prints_its_usage():
     for words in (["dragon"], []):
         done = subprocess.run(["bash", SCRIPT, *words], capture_output=True, text=True, timeout=10)
         assert done.returncode == 2 and "usage: $PARSL_MPI_PREFIX COMMAND" in done.stderr
+
+
+def test_a_closed_service_says_it_is_no_longer_alive(worker_link_server):
+    ranks = RankService("host:4")
+    assert ranks.alive
+    ranks.close()
+    assert not ranks.alive
