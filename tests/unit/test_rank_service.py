@@ -144,6 +144,19 @@ def test_a_link_lost_while_the_ranks_run_fails_at_once(worker_link_server, task,
     assert time.monotonic() - started < 10
 
 
+def launch_with_a_new_service(task_id, cwd):
+    """One launch through a rank service made from the environment now: (outcome, seconds)."""
+    ranks = RankService(f"host:{task_id}")
+    try:
+        with mpi_env.mpi_task(task_id, SPEC, PLACEMENT) as running:
+            ranks.begin(running)
+            started = time.monotonic()
+            done = prefix("./sim", cwd=cwd)
+            return done, time.monotonic() - started
+    finally:
+        ranks.close()
+
+
 def test_without_a_server_a_launch_gives_up_after_the_handshake_bound(monkeypatch, tmp_path):
     with zmq.Context() as context:
         silent = context.socket(zmq.ROUTER)  # accepts TCP, never completes a CURVE handshake
@@ -153,31 +166,18 @@ def test_without_a_server_a_launch_gives_up_after_the_handshake_bound(monkeypatc
         monkeypatch.setenv(ENV_WORKER_SECRET, keys.secret.decode())
         monkeypatch.setenv(ENV_WORKER_SERVER_KEY, ephemeral_pair().public.decode())
         monkeypatch.setenv(ENV_TIMEOUT, "1500")
-        ranks = RankService("host:2")
         try:
-            with mpi_env.mpi_task(8, SPEC, PLACEMENT) as running:
-                ranks.begin(running)
-                started = time.monotonic()
-                done = prefix("./sim", cwd=tmp_path)
-                assert done.returncode == 1 and "within 1.5 s" in done.stderr and ENV_TIMEOUT in done.stderr
-                assert 1.0 < time.monotonic() - started < 10
+            done, seconds = launch_with_a_new_service(8, tmp_path)
         finally:
-            ranks.close()
             silent.close(linger=0)
+    assert done.returncode == 1 and "within 1.5 s" in done.stderr and ENV_TIMEOUT in done.stderr
+    assert 1.0 < seconds < 10
 
 
 def test_a_refused_key_fails_at_once(worker_link_server, monkeypatch, tmp_path):
     monkeypatch.setenv(ENV_WORKER_SECRET, ephemeral_pair().secret.decode())  # not the key the server admits
-    ranks = RankService("host:3")
-    try:
-        with mpi_env.mpi_task(9, SPEC, PLACEMENT) as running:
-            ranks.begin(running)
-            started = time.monotonic()
-            done = prefix("./sim", cwd=tmp_path)
-            assert done.returncode == 1 and "refused this worker's key" in done.stderr
-            assert time.monotonic() - started < 10
-    finally:
-        ranks.close()
+    done, seconds = launch_with_a_new_service(9, tmp_path)
+    assert done.returncode == 1 and "refused this worker's key" in done.stderr and seconds < 10
 
 
 def test_a_prefix_whose_worker_is_gone_stops_waiting(tmp_path):
