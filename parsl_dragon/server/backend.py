@@ -1,9 +1,10 @@
 """The only module that imports ``dragon``: node discovery, worker processes, rank launches.
 
-Workers are persistent Python processes in one Dragon ``ProcessGroup`` with
-``restart=True``: Dragon replaces a worker that dies, and the server learns of
-the death through :meth:`DragonBackend.dead_workers` (polled from the server's
-single thread, because a ProcessGroup client object is not thread-safe).
+Workers are persistent Python processes, each its own Dragon ``Process`` (a few ms to start;
+a ``ProcessGroup`` would first start a Python manager, ~0.6 s of every block's start-up).
+The server polls :meth:`DragonBackend.dead_workers` from its single thread: one Global
+Services ``multi_join`` with timeout 0 over every live worker says which have exited, and
+each is replaced by a new worker on the same node (until :meth:`DragonBackend.stop`).
 
 Ranks of an MPI task (:func:`run_ranks`, one call per launch, in the launch's own thread):
 ``pmi="none"`` starts one Dragon ``Process`` per rank (a few ms each), ``cray``/``pmix`` one
@@ -20,8 +21,9 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from parsl_dragon.server import pmi
 
@@ -76,8 +78,8 @@ def _import_dragon():
     return Policy, Node, System, ProcessTemplate, ProcessGroup
 
 
-def _import_rank_api():
-    """Dragon's single-process API and the Global Services calls the rank launches use."""
+def _import_process_api():
+    """Dragon's single-process API and the Global Services calls workers and rank launches use."""
     from dragon.globalservices.process import kill, multi_join
     from dragon.infrastructure.messages import GSProcessJoinListResponse
     from dragon.native.process import Process
@@ -88,6 +90,7 @@ WALLTIME_EXIT = -2  # Dragon's code for a process stopped at its walltime
 MPIEXEC_REFUSED = "ranks of pmi='mpiexec' tasks are started by mpiexec itself, not by the server"
 JOIN_SLICE = 0.5      # seconds one multi_join may block: how late a cancel or a walltime is seen
 KILL_PATIENCE = 5.0   # seconds to wait for killed ranks to be gone
+START_THREADS = 8     # worker starts in flight at once (each waits ~7-12 ms for Global Services)
 
 
 def default_workers(cpus: int) -> int:
@@ -96,15 +99,19 @@ def default_workers(cpus: int) -> int:
 
 
 class DragonBackend:
-    """Starts, watches and stops the worker processes of one server."""
+    """Starts, watches, replaces and stops the worker processes of one server.
+
+    Not thread-safe: every method but :meth:`run_ranks` belongs to the server's thread."""
 
     def __init__(self, workers_per_node: Optional[int] = None) -> None:
         self.workers_per_node = workers_per_node
         self._dragon = _import_dragon()
-        self._group = None
         self._nodes: List[NodeInfo] = []
-        self._reported: Set[int] = set()
         self._expected = 0
+        self._launch: Optional[Tuple[Dict[str, str], str]] = None  # (environment, cwd) of every worker
+        self._live: Dict[int, str] = {}  # puid -> node of each worker not yet seen exited
+        self._owed: List[str] = []       # nodes owed a replacement that could not be started yet
+        self._stopping = False
 
     def nodes(self) -> List[NodeInfo]:
         if not self._nodes:
@@ -121,22 +128,40 @@ class DragonBackend:
         return self._expected
 
     def start_workers(self, address: str, env: Dict[str, str], cwd: str) -> int:
-        """Launch the worker group: ``workers_per_node`` per node (default cpus - 1)."""
-        Policy, _, _, ProcessTemplate, ProcessGroup = self._dragon
-        group = ProcessGroup(restart=True, ignore_error_on_exit=True)
-        worker_env = dict(os.environ, **env)
-        for node in self.nodes():
-            count = self.workers_per_node or default_workers(node.cpus)
-            policy = Policy(placement=Policy.Placement.HOST_NAME, host_name=node.hostname)
-            template = ProcessTemplate(
-                target=sys.executable, args=["-m", "parsl_dragon.server.worker", node.hostname],
-                cwd=cwd, env=worker_env, policy=policy)
-            group.add_process(nproc=count, template=template)
-            self._expected += count
-        group.init()
-        group.start()
-        self._group = group
+        """Start ``workers_per_node`` workers per node (default cpus - 1); how many in all.
+        ``address`` is in ``env`` already: it is named for the log only."""
+        self._launch = (dict(os.environ, **env), cwd)
+        hosts = [node.hostname for node in self.nodes()
+                 for _ in range(self.workers_per_node or default_workers(node.cpus))]
+        self._start_many(hosts)
+        self._expected += len(hosts)
+        logger.debug("Started %d worker processes for %s", self._expected, address)
         return self._expected
+
+    def _start_many(self, hosts: List[str]) -> None:
+        """A worker on each of ``hosts``, :data:`START_THREADS` starts in flight at once (each is
+        one Global Services request, answered once the node has started the process). Raises the
+        first failure, once every worker that did start is watched (so that stop() stops it)."""
+        with ThreadPoolExecutor(max_workers=max(1, min(START_THREADS, len(hosts)))) as pool:
+            starts = [(host, pool.submit(self._spawn, host)) for host in hosts]
+        failures = []
+        for host, start in starts:
+            try:
+                self._live[start.result()] = host
+            except Exception as exc:
+                failures.append(exc)
+        if failures:
+            raise failures[0]
+
+    def _spawn(self, host: str) -> int:
+        """Start one worker on ``host`` as its own Dragon Process; its puid (thread-safe)."""
+        Policy = self._dragon[0]
+        Process = _import_process_api()[0]
+        env, cwd = self._launch  # type: ignore[misc]
+        process = Process(target=sys.executable, args=["-m", "parsl_dragon.server.worker", host], cwd=cwd,
+                          env=env, policy=Policy(placement=Policy.Placement.HOST_NAME, host_name=host))
+        process.start()
+        return process.puid
 
     def run_ranks(self, job: RankJob, on_started: Optional[Callable[[], None]] = None,
                   cancel: Optional[threading.Event] = None) -> RankOutcome:
@@ -144,36 +169,71 @@ class DragonBackend:
         return run_ranks(job, on_started, cancel)
 
     def dead_workers(self) -> List[Tuple[int, int]]:
-        """(puid, exit code) of workers that died since the last call."""
-        if self._group is None:
-            return []
+        """(puid, exit code) of the workers that exited since the last call; each is replaced by
+        a new worker on its node (not once :meth:`stop` began). One Global Services request."""
+        dead = _exited(list(self._live)) if self._live else []
+        owed, self._owed = self._owed, []
+        for puid, _ in dead:
+            owed.append(self._live.pop(puid))
+        if not self._stopping:
+            for host in owed:
+                self._replace(host)
+        return dead
+
+    def _replace(self, host: str) -> None:
+        """Start a worker in place of one that exited; if that fails, try again at the next poll."""
         try:
-            inactive = self._group.inactive_puids
+            self._live[self._spawn(host)] = host
         except Exception as exc:  # dragon raises several unrelated types here
-            logger.warning("Could not query the worker group: %s", exc)
-            return []
-        fresh = [(puid, code) for puid, code in inactive if puid not in self._reported]
-        self._reported.update(puid for puid, _ in fresh)
-        return fresh
+            logger.warning("Could not start a replacement worker on %s (trying again): %r", host, exc)
+            self._owed.append(host)
 
     def stop(self, patience: float = 2.0) -> None:
-        """Stop restarting, let workers exit, then stop and close the group."""
-        group, self._group = self._group, None
-        if group is None:
-            return
+        """Replace no more workers; give them ``patience`` s to exit (the server has told them to),
+        then SIGTERM, another ``patience`` s, and SIGKILL what is left; return once all are gone."""
+        self._stopping = True
+        live, self._live = list(self._live), {}
+        for sig in (None, signal.SIGTERM, signal.SIGKILL):
+            if sig is not None:
+                logger.info("%d worker(s) still running: sending %s", len(live), signal.Signals(sig).name)
+                _signal(live, sig)
+            try:
+                live = _still_running(live, KILL_PATIENCE if sig == signal.SIGKILL else patience)
+            except Exception as exc:
+                logger.warning("Could not wait for the workers to exit: %s", exc)
+            if not live:
+                return
+        logger.warning("Worker processes %s did not exit after SIGKILL", live)
+
+
+def _exited(puids: List[int]) -> List[Tuple[int, int]]:
+    """(puid, exit code) of those of ``puids`` that have exited, without waiting: one Global
+    Services ``multi_join`` with timeout 0 (it answers at once for live processes)."""
+    _, multi_join, _, Errors = _import_process_api()
+    try:
+        _, status = multi_join(puids, timeout=0, join_all=False)
+    except Exception as exc:  # dragon raises several unrelated types here
+        logger.warning("Could not ask Global Services which workers exited: %s", exc)
+        return []
+    return [(int(puid), code) for puid, (err, code) in (status or {}).items() if err == Errors.SUCCESS.value]
+
+
+def _still_running(puids: List[int], patience: float) -> List[int]:
+    """Those of ``puids`` that do not exit within ``patience`` s (returns when all have)."""
+    if not puids:
+        return []
+    codes = _join_some(puids, patience)
+    return [puid for puid in puids if puid not in codes]
+
+
+def _signal(puids: List[int], sig: int) -> None:
+    """Send ``sig`` to these processes (one that already exited is skipped)."""
+    kill = _import_process_api()[2]
+    for puid in puids:
         try:
-            group.stop_restart()
-            group.join(timeout=patience)
-        except Exception as exc:
-            logger.info("Workers did not all exit within %.1fs (%s); stopping them", patience, exc)
-        try:
-            group.stop(patience=patience)
-        except Exception as exc:
-            logger.debug("group.stop: %s", exc)
-        try:
-            group.close(patience=patience)
-        except Exception as exc:
-            logger.warning("Closing the worker group failed: %s", exc)
+            kill(puid, sig=sig)
+        except Exception as exc:  # already exited: nothing to signal
+            logger.debug("Signalling process %d: %s", puid, exc)
 
 
 def run_ranks(job: RankJob, on_started: Optional[Callable[[], None]] = None,
@@ -247,7 +307,7 @@ def _start_rank(process) -> int:
 
 def _run_processes(job: RankJob, started: Callable[[], None], cancel: threading.Event) -> RankOutcome:
     """``pmi="none"``: one Dragon Process per rank, no manager process, no wire-up."""
-    Process = _import_rank_api()[0]
+    Process = _import_process_api()[0]
     processes = _rank_templates(job, Process)
     puids: List[int] = []
     try:
@@ -342,7 +402,7 @@ def _wait_for_ranks(puids: List[int], job: RankJob, cancel: threading.Event,
 
 def _join_some(puids: List[int], timeout: float) -> Dict[int, int]:
     """Exit codes of those of ``puids`` that exit within ``timeout`` s (returns when all have)."""
-    _, multi_join, _, Errors = _import_rank_api()
+    _, multi_join, _, Errors = _import_process_api()
     _, status = multi_join(puids, timeout=max(timeout, 0.001), join_all=True)
     codes = {}
     for puid, (err, code) in (status or {}).items():
@@ -357,7 +417,7 @@ def _kill(puids: List[int]) -> None:
     """SIGKILL these rank processes and wait (bounded) until they are gone."""
     if not puids:
         return
-    _, multi_join, kill, _ = _import_rank_api()
+    _, multi_join, kill, _ = _import_process_api()
     for puid in puids:
         try:
             kill(puid, sig=signal.SIGKILL)

@@ -6,6 +6,7 @@ peer cannot take now waits in that peer's :class:`Backlog`, in order, and goes o
 every turn of the service loop (:meth:`Peers.flush`). Messages not worth keeping (heartbeats,
 replies to bad messages, links without a session) are sent once or dropped with a log line.
 The service decides what an old backlog means: a worker unreachable for a lease is lost.
+The sockets themselves are bound by ``server/worker_side.py`` (:func:`bind_router`).
 """
 from __future__ import annotations
 
@@ -18,9 +19,7 @@ from typing import Deque, Dict, Iterable, List, Optional, Tuple
 
 import zmq
 
-from parsl_dragon.vocabulary import ENV_SERVER_ID, ENV_WORKER_ADDRESS, ENV_WORKER_SECRET, ENV_WORKER_SERVER_KEY
 from parsl_dragon.wire import protocol as p
-from parsl_dragon.wire.security import make_curve_server
 
 logger = logging.getLogger(__name__)
 
@@ -93,29 +92,3 @@ class Peers:
         for identity, _ in late:
             del self.backlogs[identity]
         return late
-
-
-def bind_router(context: zmq.Context, domain: str, secret: bytes, host_address: str) -> Tuple[zmq.Socket, int]:
-    """A CURVE ROUTER of ZAP ``domain`` on the published address only (not every interface of
-    the node): ``ROUTER_MANDATORY`` (nothing vanishes), ``ROUTER_HANDOVER`` (a reconnected link
-    resumes its session), frames capped at the protocol's limit. Returns it and its port."""
-    sock = context.socket(zmq.ROUTER)
-    make_curve_server(sock, secret, domain)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_WIRE_FRAME_BYTES)
-    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-    port = sock.bind_to_random_port(f"tcp://{host_address}")
-    return sock, port
-
-
-def worker_environment(address: str, secret: bytes, server_id: str, block_id: Optional[str]) -> Dict[str, str]:
-    """What the server's workers (and every task they run) need to open a worker link to it."""
-    return {
-        ENV_WORKER_ADDRESS: address,
-        ENV_WORKER_SECRET: secret.decode(),
-        ENV_WORKER_SERVER_KEY: zmq.curve_public(secret).decode(),
-        ENV_SERVER_ID: server_id,
-        "PARSL_WORKER_BLOCK_ID": block_id or "",  # Parsl's conventions (monitoring)
-        "PARSL_WORKER_POOL_ID": server_id,
-    }

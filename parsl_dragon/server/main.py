@@ -2,8 +2,12 @@
 
 ``boot`` starts it as ``dragon ... python -m parsl_dragon.server.main ARGS``.
 It loads the server's CURVE keys and the trusted client keys from the key
-directory, builds the backend and the service, and turns SIGTERM/SIGINT into a
-graceful stop.
+directory, builds the backend, starts the workers, then imports and builds the
+service, and turns SIGTERM/SIGINT into a graceful stop.
+
+Workers first: a worker and the service each take most of a second to import (Parsl,
+mostly), so this module imports neither the service nor Parsl before the workers are
+started (``server/worker_side.py``); both imports then run at once.
 """
 from __future__ import annotations
 
@@ -16,11 +20,10 @@ import socket
 import sys
 from typing import List, Optional
 
-from parsl_dragon.errors import ConfigurationError
 from parsl_dragon.host import startup
 from parsl_dragon.server import address
 from parsl_dragon.server.options import ServerOptions
-from parsl_dragon.server.service import Server
+from parsl_dragon.server.worker_side import WorkerSide
 from parsl_dragon.vocabulary import (
     DEFAULT_HEARTBEAT_PERIOD_S,
     DEFAULT_HEARTBEAT_THRESHOLD,
@@ -33,6 +36,7 @@ from parsl_dragon.vocabulary import (
 from parsl_dragon.wire import security
 
 logger = logging.getLogger(__name__)
+SERVICE_LOGGER = "parsl_dragon.server.service"  # the module that logs "Worker ... ready"
 _STACK_DUMPS = None  # the open log file faulthandler writes to (kept open for the server's life)
 
 
@@ -98,7 +102,7 @@ def note_startup(log_file: str) -> None:
     block_dir = os.path.dirname(os.path.abspath(log_file))
     startup.note_process_start(block_dir, startup.SERVER_STARTED)
     startup.note(block_dir, startup.SERVER_IMPORTED)
-    logging.getLogger(Server.__module__).addHandler(FirstWorkerReady(block_dir))
+    logging.getLogger(SERVICE_LOGGER).addHandler(FirstWorkerReady(block_dir))
 
 
 def resolve_host_address(value: str) -> str:
@@ -117,7 +121,7 @@ def _timeout_ms(text: str) -> int:
     """argparse type of a ``--*-timeout-ms`` flag: the project's one timeout parser."""
     try:
         return parse_timeout_ms(text, "the flag's value")
-    except ConfigurationError as exc:  # argparse then names the flag
+    except Exception as exc:  # ConfigurationError (naming its class would import Parsl); argparse names the flag
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
@@ -134,6 +138,24 @@ def options_from(args: argparse.Namespace) -> ServerOptions:
         rank_startup_timeout_ms=args.rank_startup_timeout_ms)
 
 
+def start_server(options: ServerOptions, backend):
+    """Start the workers, then import and build the service while they import Parsl. The
+    service, or None when either step failed (then nothing this started is left running)."""
+    side = WorkerSide()
+    try:
+        side.start(options, backend)
+        from parsl_dragon.server.service import Server
+        return Server(options, backend, side)
+    except Exception:
+        logger.exception("Server could not be started")
+        try:
+            backend.stop(patience=0.5)
+        except Exception:
+            logger.exception("Stopping workers failed")
+        side.close()
+        return None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_file, args.debug)
@@ -142,16 +164,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         options = options_from(args)
         from parsl_dragon.server.backend import DragonBackend
-        server = Server(options, DragonBackend(workers_per_node=args.workers_per_node))
+        backend = DragonBackend(workers_per_node=args.workers_per_node)
     except Exception:
         logger.exception("Server could not be set up")
         return 2
+    early: List[str] = []  # stop requests that came while the service was being imported
+    server = None
 
     def _stop(signum, _frame):
-        server.request_stop(f"signal {signal.Signals(signum).name}")
+        reason = f"signal {signal.Signals(signum).name}"
+        if server is None:
+            early.append(reason)
+        else:
+            server.request_stop(reason)
 
-    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGTERM, _stop)  # before the workers start: they must not be left behind
     signal.signal(signal.SIGINT, _stop)
+    server = start_server(options, backend)
+    if server is None:
+        return 1
+    for reason in early:
+        server.request_stop(reason)
     return server.run()
 
 

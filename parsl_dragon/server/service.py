@@ -12,8 +12,9 @@ Runs as the head process of a block's Dragon runtime, in one thread::
 Payloads pass through untouched: the server never unpickles task data. Leases:
 a client silent for ``heartbeat_period * heartbeat_threshold`` is dropped; when
 the owner is dropped (or no owner arrives within ``owner_timeout_ms`` of the connection
-file being written) the server stops. The connection file is written once both sockets
-are bound and the workers are launching, and removed when the server stops.
+file being written) the server stops. The worker side (ZAP handler, worker socket, workers)
+is up before this module is imported (``server/worker_side.py``); the connection file is
+written once the client socket is bound too, and removed when the server stops.
 
 Nothing is dropped silently: what a peer cannot take now waits in its backlog
 (``server/links.py``), sent first at every turn of the loop. A worker
@@ -27,47 +28,47 @@ Messages are dispatched by type through one table per socket (``_client_handlers
 """
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import socket
 import time
-import uuid
 from typing import Callable, Dict, List, Optional
 
-import parsl
 import zmq
-from parsl.executors.errors import InvalidResourceSpecification
 
 from parsl_dragon.core.placement import NodeSlots
 from parsl_dragon.core.scheduler import Assignment, TaskScheduler
 from parsl_dragon.errors import INVALID_RESOURCE_SPECIFICATION, SERVER_LOST, WORKER_LOST, ProtocolError
-from parsl_dragon.server.auth import CLIENT_DOMAIN, WORKER_DOMAIN, start_authenticator
+from parsl_dragon.server.auth import CLIENT_DOMAIN
 from parsl_dragon.server.clients import Clients, Session
-from parsl_dragon.server.links import Peers, bind_router, worker_environment
+from parsl_dragon.server.links import Peers
 from parsl_dragon.server.options import ServerOptions
 from parsl_dragon.server.publish import connection_info, publish
 from parsl_dragon.server.ranks import RankLaunches, job_from, refusal
 from parsl_dragon.server.taskbook import Task, TaskBook
+from parsl_dragon.server.worker_side import WorkerSide, bind_router
 from parsl_dragon.vocabulary import RANK_LINK_SUFFIX, timeout_seconds
 from parsl_dragon.wire import protocol as p
 from parsl_dragon.wire.connection import remove_connection
-from parsl_dragon.wire.security import ephemeral_pair
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Server", "ServerOptions"]
 
+PARSL_VERSION = importlib.metadata.version("parsl")  # what clients must run (without importing Parsl)
+
 
 class Server:
     """One server per block; ``run()`` returns the process exit code."""
 
-    def __init__(self, options: ServerOptions, backend) -> None:
+    def __init__(self, options: ServerOptions, backend, side: Optional[WorkerSide] = None) -> None:
         self.options = options
         self.backend = backend
-        self.server_id = uuid.uuid4().hex
+        self.side = side or WorkerSide()  # main.py starts it (and the workers) before importing this
+        self.server_id = self.side.server_id
         self.scheduler = TaskScheduler([])  # replaced in _start(), once the nodes are known
-        self.context = zmq.Context()
-        self.worker_keys = ephemeral_pair()
+        self.context = self.side.context
         self.clients = Clients()
         self.tasks = TaskBook()
         self.worker_puids: Dict[str, int] = {}
@@ -77,7 +78,6 @@ class Server:
         self._stopping = ""
         self._published: Optional[float] = None  # when the connection file was written
         self._connection_path: Optional[str] = None
-        self._authenticator = None
 
     # ---- lifecycle -----------------------------------------------------
     def request_stop(self, reason: str) -> None:
@@ -98,17 +98,12 @@ class Server:
 
     def _start(self) -> None:
         opts = self.options
-        self._authenticator = start_authenticator(self.context, opts.client_keys, [self.worker_keys.public])
+        self.side.start(opts, self.backend)  # nothing to do if main.py started it
+        self.worker_links.sock = self.side.sock
         self.clients.links.sock, front_port = bind_router(self.context, CLIENT_DOMAIN, opts.server_keys.secret,
                                                           opts.host_address)
-        self.worker_links.sock, back_port = bind_router(self.context, WORKER_DOMAIN, self.worker_keys.secret,
-                                                        opts.host_address)
-        worker_address = f"tcp://{opts.host_address}:{back_port}"
         self.scheduler = TaskScheduler([NodeSlots(n.hostname, opts.cores_of(n.hostname, n.cpus), n.gpus)
                                         for n in self.backend.nodes()])
-        env = worker_environment(worker_address, self.worker_keys.secret, self.server_id, opts.block_id)
-        count = self.backend.start_workers(worker_address, env, opts.cwd)
-        logger.info("Launching %d workers on %s; backend at %s", count, self.backend.hostnames(), worker_address)
         self._write_connection(f"tcp://{opts.host_address}:{front_port}")
 
     def _write_connection(self, address: str) -> None:
@@ -131,9 +126,7 @@ class Server:
             self.backend.stop(patience=2.0)
         except Exception:
             logger.exception("Stopping workers failed")
-        if self._authenticator is not None:
-            self._authenticator.stop()
-        self.context.destroy(linger=0)
+        self.side.close()
         logger.info("Server stopped")
 
     def _goodbye_clients(self) -> None:
@@ -255,14 +248,14 @@ class Server:
         handler(self, client, message)
 
     def _on_hello(self, identity: bytes, hello: p.Hello) -> None:
-        problem = p.check_versions(hello, parsl.__version__, p.PYTHON_VERSION)
+        problem = p.check_versions(hello, PARSL_VERSION, p.PYTHON_VERSION)
         if problem:
             logger.warning("Refusing client %s: %s", hello.client_id, problem)
             self._send_client(identity, p.Refused(reason=problem))
             return
         self.clients.open(identity, hello)
         self._send_client(identity, p.Welcome(
-            server_id=self.server_id, host=socket.gethostname(), parsl_version=parsl.__version__,
+            server_id=self.server_id, host=socket.gethostname(), parsl_version=PARSL_VERSION,
             python_version=p.PYTHON_VERSION, nodes=self.backend.hostnames(),
             workers=self.backend.expected_workers(), cores=[n.cores for n in self.scheduler.nodes],
             gpus=[n.gpus for n in self.scheduler.nodes]))
@@ -277,8 +270,7 @@ class Server:
                 assignments += self.scheduler.submit(task_id, entry.spec)
             except Exception as exc:  # InvalidResourceSpecification: that task fails, the batch goes on
                 self._fail_client_tasks(client.identity, [entry.task_id], INVALID_RESOURCE_SPECIFICATION,
-                                        str(exc) if isinstance(exc, InvalidResourceSpecification)
-                                        else f"unusable resource specification: {exc!r}")
+                                        _spec_problem(exc))
                 continue
             self.tasks.add(task_id, Task(client.identity, entry.task_id, entry.spec, payload))
         self._dispatch(assignments)
@@ -423,3 +415,10 @@ class Server:
     def _flush_backlogs(self) -> None:
         self.clients.links.flush()
         self.worker_links.flush()
+
+
+def _spec_problem(exc: Exception) -> str:
+    """Why a task's resource specification was refused, for its client (Parsl's class is
+    imported here, on the error path: the service itself needs nothing from Parsl)."""
+    from parsl.executors.errors import InvalidResourceSpecification
+    return str(exc) if isinstance(exc, InvalidResourceSpecification) else f"unusable resource specification: {exc!r}"

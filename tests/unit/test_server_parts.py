@@ -1,5 +1,6 @@
-"""The service's parts on their own: per-peer backlogs (server/links.py), the task book
-(server/taskbook.py) and client sessions (server/clients.py). No Dragon, no network."""
+"""The service's parts on their own: the worker side (server/worker_side.py), per-peer backlogs
+(server/links.py), the task book (server/taskbook.py) and client sessions (server/clients.py).
+No Dragon, no network beyond loopback."""
 import errno
 import time
 
@@ -11,8 +12,11 @@ from parsl_dragon.core.placement import Placement
 from parsl_dragon.core.scheduler import Assignment
 from parsl_dragon.core.spec import TaskSpec, normalize_spec
 from parsl_dragon.server.clients import Clients
-from parsl_dragon.server.links import Peers, worker_environment
+from parsl_dragon.server.links import Peers
+from parsl_dragon.server.main import start_server
+from parsl_dragon.server.options import ServerOptions
 from parsl_dragon.server.taskbook import Task, TaskBook
+from parsl_dragon.server.worker_side import WorkerSide, worker_environment
 from parsl_dragon.vocabulary import WORKER_LINK_VARS
 from parsl_dragon.wire import protocol as p
 from parsl_dragon.wire.security import ephemeral_pair
@@ -86,6 +90,53 @@ def test_the_worker_environment_carries_every_worker_link_variable():
     env = worker_environment("tcp://10.0.0.1:5", keys.secret, "srv", None)
     assert set(WORKER_LINK_VARS) <= set(env) and env["PARSL_WORKER_BLOCK_ID"] == ""
     assert zmq.curve_public(env["PARSL_DRAGON_WORKER_SECRET"].encode()) == keys.public
+
+
+# ---- the worker side: up before the service is imported
+
+class RecordingBackend:
+    """Records start_workers and stop; ``fail`` makes start_workers raise."""
+
+    def __init__(self, fail=False):
+        self.fail, self.started, self.stopped = fail, [], False
+
+    def start_workers(self, address, env, cwd):
+        if self.fail:
+            raise RuntimeError("no room on the node")
+        self.started.append((address, env, cwd))
+        return 2
+
+    def hostnames(self):
+        return ["n1"]
+
+    def stop(self, patience):
+        self.stopped = True
+
+
+def side_options(tmp_path):
+    return ServerOptions(connection_file=str(tmp_path / "c.json"), log_path=str(tmp_path / "s.log"),
+                         server_keys=ephemeral_pair(), client_keys=[], host_address="127.0.0.1", cwd="/w")
+
+
+def test_the_worker_side_starts_workers_once_and_the_server_adopts_it(tmp_path):
+    from parsl_dragon.server.service import Server
+    backend, side = RecordingBackend(), WorkerSide()
+    try:
+        side.start(side_options(tmp_path), backend)
+        side.start(side_options(tmp_path), backend)
+        [(address, env, cwd)] = backend.started
+        assert address == side.address == side.sock.getsockopt(zmq.LAST_ENDPOINT).decode() and cwd == "/w"
+        assert env["PARSL_DRAGON_WORKER_ADDRESS"] == address and env["PARSL_WORKER_POOL_ID"] == side.server_id
+        assert side.workers == 2 and side.sock.getsockopt(zmq.MAXMSGSIZE) == p.MAX_WIRE_FRAME_BYTES
+        server = Server(side_options(tmp_path), backend, side)
+        assert server.server_id == side.server_id and server.context is side.context
+    finally:
+        side.close()
+
+
+def test_workers_started_for_a_service_that_cannot_be_built_are_stopped(tmp_path):
+    backend = RecordingBackend(fail=True)
+    assert start_server(side_options(tmp_path), backend) is None and backend.stopped
 
 
 # ---- the task book

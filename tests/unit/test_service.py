@@ -14,10 +14,10 @@ from parsl_dragon.core.scheduler import TaskScheduler
 from parsl_dragon.core.spec import TaskSpec, normalize_spec
 from parsl_dragon.errors import INVALID_RESOURCE_SPECIFICATION, TASK_LOST, WORKER_LOST
 from parsl_dragon.server.auth import CLIENT_DOMAIN
-from parsl_dragon.server.links import bind_router
 from parsl_dragon.server.options import ServerOptions
 from parsl_dragon.server.publish import publish
 from parsl_dragon.server.service import Server
+from parsl_dragon.server.worker_side import bind_router
 from parsl_dragon.wire import protocol as p
 from parsl_dragon.wire.connection import ConnectionInfo, connection_path, read_connection, write_connection
 from parsl_dragon.wire.security import ephemeral_pair
