@@ -12,6 +12,10 @@ For a task with a placement the worker exports, for the duration of the task::
     PARSL_DRAGON_WORKER_PID   the worker running the task (the prefix stops waiting if it is gone)
     PARSL_DRAGON_RANK_REPORT  file in that directory where failing ranks are noted
     PARSL_DRAGON_PMI_PROBLEM  only when the task's PMI backend cannot work on this node: why
+    SLURM_OVERLAP=1           only inside a Slurm job: every srun the task runs (mpiexec's own,
+                              Hydra starts its proxies with one) may share the nodes with the
+                              step Dragon's runtime holds them with; without it that srun
+                              waits for the runtime's step to end, i.e. forever
 
 Each rank additionally gets ``PARSL_RANK``, ``PARSL_LOCAL_RANK`` and ``PARSL_NODE_RANK``.
 
@@ -72,6 +76,8 @@ def task_environment(task: MpiTask, spec: TaskSpec, placement: Placement,
     }
     if problem:
         env[ENV_PMI_PROBLEM] = problem
+    if os.environ.get("SLURM_JOB_ID"):
+        env["SLURM_OVERLAP"] = "1"
     return env
 
 

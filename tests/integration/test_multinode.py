@@ -67,8 +67,8 @@ def drive(run_dir: str, report: str) -> None:
     executor = DragonExecutor(provider=provider, workers_per_node=1, heartbeat_period=5.0, heartbeat_threshold=24,
                               startup_timeout_ms=900_000, timeout_ms=120_000, rank_startup_timeout_ms=600_000)
     dfk = parsl.load(Config(executors=[executor], run_dir=run_dir, strategy_period=0.5))
-    result = {"hosts": [], "bash_host": None, "rank_hosts": None, "job_id": None, "startup_s": None,
-              "ranks_s": None, "error": None}
+    result = {"hosts": [], "bash_host": None, "rank_hosts": None, "mpiexec_hosts": None, "job_id": None,
+              "startup_s": None, "ranks_s": None, "error": None}
     started = time.monotonic()
     try:
         result["hosts"].append(host(0).result(timeout=DRIVER_TIMEOUT))
@@ -85,6 +85,12 @@ def drive(run_dir: str, report: str) -> None:
         result["ranks_s"] = round(time.monotonic() - ranks_started, 1)
         with open(ranks_out) as handle:
             result["rank_hosts"] = sorted(line.strip() for line in handle if line.startswith("[rank"))
+        # the site's mpiexec across both nodes: Hydra's own srun must overlap the runtime's step
+        mpiexec_out = os.path.join(run_dir, "mpiexec_hosts.txt")
+        rank_hosts(parsl_resource_specification={"num_nodes": 2, "ranks_per_node": 1, "pmi": "mpiexec"},
+                   stdout=mpiexec_out).result(timeout=300)
+        with open(mpiexec_out) as handle:
+            result["mpiexec_hosts"] = sorted(line.strip() for line in handle if line.startswith("["))
     except Exception as exc:  # reported, then the test fails with the logs
         result["error"] = f"{type(exc).__name__}: {exc}"
     finally:
@@ -170,6 +176,8 @@ def test_two_node_block_runs_tasks_on_both_nodes(mn_cluster, no_leaks, tmp_path)
     assert result["bash_host"] in NODES
     assert sorted(line.split("] ")[1] for line in result["rank_hosts"]) == NODES, \
         f"a num_nodes=2 task puts one rank on each node: {result['rank_hosts']}"
+    assert [line.split("] ")[1] for line in result["mpiexec_hosts"]] == NODES, \
+        f"pmi='mpiexec' puts one rank on each node, lines labelled: {result['mpiexec_hosts']}"
     job_id = result["job_id"]
     wait_until(lambda: not _in_ctl(mn_cluster, "squeue", "-h", "-j", job_id, capture_output=True,
                                    text=True).stdout.strip(), 120, f"job {job_id} to leave the queue")

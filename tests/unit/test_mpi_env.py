@@ -34,6 +34,16 @@ def test_the_task_sees_htex_variables_and_its_private_directory():
     assert not os.path.exists(task.directory) and ENV_RANK_DIR not in os.environ
 
 
+def test_inside_a_slurm_job_the_task_s_sruns_may_overlap_the_runtime_s_step(monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    with mpi_env.mpi_task(8, SPEC, PLACEMENT):
+        assert "SLURM_OVERLAP" not in os.environ
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    with mpi_env.mpi_task(8, SPEC, PLACEMENT):
+        assert os.environ["SLURM_OVERLAP"] == "1"
+    assert "SLURM_OVERLAP" not in os.environ
+
+
 def test_the_prefix_script_reads_the_variables_the_worker_sets():
     text = open(prefix.SCRIPT).read()
     for name in (ENV_RANK_DIR, ENV_WORKER_PID, ENV_RANK_REPORT, ENV_PMI_PROBLEM):
