@@ -40,7 +40,7 @@ usage() {
 
 run_dragon() {
     [ $# -gt 0 ] || usage
-    local dir=$PARSL_DRAGON_RANK_DIR worker=$PARSL_DRAGON_WORKER_PID code status
+    local dir=$PARSL_DRAGON_RANK_DIR worker=$PARSL_DRAGON_WORKER_PID code status got=""
     if [ -z "$dir" ] || [ -z "$worker" ]; then
         fail 2 "not inside an MPI task of DragonExecutor (PARSL_DRAGON_RANK_DIR or PARSL_DRAGON_WORKER_PID is not set); give the app a parsl_resource_specification with num_nodes / ranks_per_node, and run this with the environment the worker gave the app"
     fi
@@ -52,11 +52,13 @@ run_dragon() {
     exec 4>&-
     until IFS= read -r -t 2 -u 3 code; do
         status=$?
+        got+=$code  # bash reads a pipe byte by byte: a timeout can fall inside the line
         [ "$status" -gt 128 ] || fail 1 "reading the worker's reply failed (status $status)"
         kill -0 "$worker" 2>/dev/null ||
             fail 1 "the worker (pid $worker) that runs this task is gone: the ranks' outcome can no longer reach this command"
     done
     exec 3<&-
+    code=$got$code
     if [ -e "$dir/out.$$" ]; then cat -- "$dir/out.$$"; rm -f -- "$dir/out.$$"; fi
     if [ -e "$dir/err.$$" ]; then cat -- "$dir/err.$$" >&2; rm -f -- "$dir/err.$$"; fi
     exit "$code"

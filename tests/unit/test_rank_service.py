@@ -219,3 +219,25 @@ def test_a_closed_service_says_it_is_no_longer_alive(worker_link_server):
     assert ranks.alive
     ranks.close()
     assert not ranks.alive
+
+
+def test_a_reply_split_by_the_prefix_s_read_timeout_is_read_whole(tmp_path):
+    """bash reads a pipe byte by byte: its 2 s read timeout can fall between the bytes of the
+    reply line; what it read before must count (a reply "13" is not "3", nor empty)."""
+    with mpi_env.mpi_task(14, SPEC, PLACEMENT) as running:
+        os.mkfifo(running.launch_fifo, 0o600)
+
+        def slow_worker():
+            fd = os.open(running.launch_fifo, os.O_RDONLY)
+            pid = int(os.read(fd, 64).split(b"\n")[0])
+            os.close(fd)
+            reply = os.open(os.path.join(running.directory, f"reply.{pid}"), os.O_WRONLY)
+            os.write(reply, b"1")
+            time.sleep(2.5)  # past the prefix's read timeout, mid-line
+            os.write(reply, b"3\n")
+            os.close(reply)
+        worker = threading.Thread(target=slow_worker, daemon=True)
+        worker.start()
+        done = prefix("./sim", cwd=tmp_path)
+        worker.join(10)
+    assert done.returncode == 13, done.stderr
