@@ -168,14 +168,15 @@ class DragonBackend:
         """Launch and wait for an MPI task's ranks (called from a per-launch thread)."""
         return run_ranks(job, on_started, cancel)
 
-    def dead_workers(self) -> List[Tuple[int, int]]:
-        """(puid, exit code) of the workers that exited since the last call; each is replaced by
-        a new worker on its node (not once :meth:`stop` began). One Global Services request."""
+    def dead_workers(self, replace: Callable[[], bool] = lambda: True) -> List[Tuple[int, int]]:
+        """(puid, exit code) of the workers that exited since the last call; each is replaced by a
+        new worker on its node, unless :meth:`stop` began or ``replace()`` says no (asked after the
+        request, which may be when a teardown's signals arrive). One Global Services request."""
         dead = _exited(list(self._live)) if self._live else []
         owed, self._owed = self._owed, []
         for puid, _ in dead:
             owed.append(self._live.pop(puid))
-        if not self._stopping:
+        if not self._stopping and replace():
             for host in owed:
                 self._replace(host)
         return dead

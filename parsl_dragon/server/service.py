@@ -199,7 +199,7 @@ class Server:
                               "(owner_timeout_ms / PARSL_DRAGON_OWNER_TIMEOUT)")
 
     def _check_workers(self) -> None:
-        dead = self.backend.dead_workers()
+        dead = self.backend.dead_workers(replace=lambda: not self._stopping)  # none while stopping
         if not dead:
             return
         by_puid = {puid: wid for wid, puid in self.worker_puids.items()}

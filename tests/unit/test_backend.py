@@ -192,6 +192,13 @@ def test_stop_lets_workers_exit_and_replaces_none(workers):
     assert workers.dead_workers() == [] and len(fake.started()) == 3
 
 
+def test_no_replacement_when_the_caller_says_it_is_stopping(workers):
+    fake, workers = workers
+    fake.exits[101] = (time.monotonic(), -15)  # e.g. a teardown's SIGTERM, which the server also got
+    time.sleep(0.01)
+    assert workers.dead_workers(replace=lambda: False) == [(101, -15)] and len(fake.started()) == 3
+
+
 def test_stop_terminates_then_kills_what_is_left(workers):
     fake, workers = workers
     fake.ignored = {signal.SIGTERM}

@@ -56,7 +56,7 @@ class FakeBackend:
     def expected_workers(self):
         return 2
 
-    def dead_workers(self):
+    def dead_workers(self, replace=lambda: True):
         dead, self.dead = self.dead, []
         return dead
 

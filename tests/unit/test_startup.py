@@ -12,9 +12,16 @@ from parsl_dragon.driver.executor import DragonExecutor
 from parsl_dragon.host import startup
 
 
-def test_process_started_is_this_process_start_in_wall_clock():
-    started = startup.process_started()
-    assert started is not None and time.time() - 600 < started <= time.time()
+def test_process_started_is_a_process_start_in_wall_clock():
+    before = time.time()
+    child = subprocess.Popen(["sleep", "5"])
+    try:
+        started = startup.process_started(child.pid)
+        assert started is not None and before - 0.5 < started <= time.time() + 0.05  # 10 ms clock ticks
+    finally:
+        child.kill()
+        child.wait()
+    assert startup.process_started() <= time.time()  # this process, however long it has run
     assert startup.process_started(2 ** 22 + 12345) is None  # no such process
 
 
