@@ -123,10 +123,19 @@ def stop_local(block: Block, boot_handle: Optional[ProcessHandle], asked: bool, 
         escalate(block, boot_handle, out)
 
 
-def remove_pools(launcher_pid: int) -> Tuple[List[str], List[str]]:
+POOL_USERS_GRACE = 5.0  # seconds for processes just killed to finish exiting (and unmap the pools)
+
+
+def remove_pools(launcher_pid: int, grace: float = POOL_USERS_GRACE) -> Tuple[List[str], List[str]]:
     """Remove the shm pools of the dead runtime launched as ``launcher_pid`` (:func:`shm.remove_pools`'s
-    rules); (removed, kept)."""
-    removed = shm.remove_pools(launcher_pid)
+    rules); (removed, kept). A pool still mapped is tried again for ``grace`` seconds: a process
+    SIGKILLed a moment ago may still be unmapping its memory."""
+    removed: List[str] = []
+
+    def all_removed() -> bool:
+        removed.extend(shm.remove_pools(launcher_pid))
+        return not shm.runtime_pool_files(launcher_pid)
+    wait_until(all_removed, grace, interval=0.2)
     return removed, shm.runtime_pool_files(launcher_pid)
 
 

@@ -480,8 +480,18 @@ def test_pools_shared_with_a_live_launcher_are_kept(fake_shm, monkeypatch):
     pool = shm.pool_prefix(12478) + "def0M"
     open(pool, "w").close()
     monkeypatch.setattr(shm, "_dragon_launchers", lambda: [3478])  # same last 3 digits, still alive
-    assert teardown.remove_pools(12478) == ([], [pool])
+    assert teardown.remove_pools(12478, grace=0) == ([], [pool])
     assert os.path.exists(pool)
+
+
+def test_a_pool_a_dying_process_still_maps_is_removed_once_it_is_unmapped(fake_shm, monkeypatch):
+    pool = shm.pool_prefix(12479) + "def0M"
+    open(pool, "w").close()
+    monkeypatch.setattr(shm, "_dragon_launchers", lambda: [])
+    answers = iter([{pool}, {pool}])  # mapped at the first two looks, then the process is gone
+    monkeypatch.setattr(shm, "files_in_use", lambda files, exclude=(): next(answers, set()) & set(files))
+    assert teardown.remove_pools(12479, grace=5.0) == ([pool], [])
+    assert not os.path.exists(pool)
 
 
 def test_damaged_file_is_left_alone(tmp_path, capsys):
