@@ -46,6 +46,13 @@ ENV_RANK_REPORT = "PARSL_DRAGON_RANK_REPORT"            # worker -> MPI task: wh
 ENV_RANK_DIR = "PARSL_DRAGON_RANK_DIR"                  # worker -> MPI task: its private dir (launch FIFO)
 ENV_WORKER_PID = "PARSL_DRAGON_WORKER_PID"              # worker -> MPI task: who answers its launches
 ENV_PMI_PROBLEM = "PARSL_DRAGON_PMI_PROBLEM"            # worker -> MPI task: why its PMI backend cannot work
+# --- Links: the most one frame may carry (wire/protocol.py checks it; receivers cap at it) --------
+LINK_MAX_FRAME_BYTES = 1 << 30  # what a sender puts in one frame at most
+# libzmq checks MAXMSGSIZE against the frame on the wire, which CURVE makes 33 bytes larger
+# ("\x07MESSAGE", nonce, MAC, flags); a receiver allows that on top, or a frame within 33 bytes
+# of the limit would pass the sender's check and still cut its link.
+CURVE_FRAME_OVERHEAD = 33
+LINK_MAX_WIRE_FRAME_BYTES = LINK_MAX_FRAME_BYTES + CURVE_FRAME_OVERHEAD  # receivers' MAXMSGSIZE
 RANK_LINK_SUFFIX = "/ranks"  # a worker's rank link (task/rank_service.py) is "<worker id>/ranks"
 # What a process needs to open a worker link to its server (workers and their rank links, the radio).
 WORKER_LINK_VARS: Tuple[str, ...] = (ENV_WORKER_ADDRESS, ENV_WORKER_SECRET, ENV_WORKER_SERVER_KEY)

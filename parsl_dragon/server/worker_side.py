@@ -18,15 +18,16 @@ import zmq
 
 from parsl_dragon.server.auth import WORKER_DOMAIN, start_authenticator
 from parsl_dragon.server.options import ServerOptions
-from parsl_dragon.vocabulary import ENV_SERVER_ID, ENV_WORKER_ADDRESS, ENV_WORKER_SECRET, ENV_WORKER_SERVER_KEY
+from parsl_dragon.vocabulary import (
+    ENV_SERVER_ID,
+    ENV_WORKER_ADDRESS,
+    ENV_WORKER_SECRET,
+    ENV_WORKER_SERVER_KEY,
+    LINK_MAX_WIRE_FRAME_BYTES,
+)
 from parsl_dragon.wire.security import KeyPair, ephemeral_pair, make_curve_server
 
 logger = logging.getLogger(__name__)
-
-# Receivers' MAXMSGSIZE: wire.protocol's MAX_FRAME_BYTES (1 GiB) plus CURVE's 33 bytes per frame.
-# The same value as protocol.MAX_WIRE_FRAME_BYTES (a unit test holds them equal), stated here
-# because importing the protocol imports Parsl, which this module must not wait for.
-MAX_WIRE_FRAME_BYTES = (1 << 30) + 33
 
 
 def bind_router(context: zmq.Context, domain: str, secret: bytes, host_address: str) -> Tuple[zmq.Socket, int]:
@@ -36,7 +37,7 @@ def bind_router(context: zmq.Context, domain: str, secret: bytes, host_address: 
     sock = context.socket(zmq.ROUTER)
     make_curve_server(sock, secret, domain)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.MAXMSGSIZE, MAX_WIRE_FRAME_BYTES)
+    sock.setsockopt(zmq.MAXMSGSIZE, LINK_MAX_WIRE_FRAME_BYTES)  # vocabulary: no Parsl import for it
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
     port = sock.bind_to_random_port(f"tcp://{host_address}")

@@ -56,18 +56,15 @@ from parsl.executors.errors import InvalidResourceSpecification
 from parsl_dragon.core.placement import Placement
 from parsl_dragon.core.spec import TaskSpec
 from parsl_dragon.errors import ProtocolError
+from parsl_dragon.vocabulary import LINK_MAX_FRAME_BYTES, LINK_MAX_WIRE_FRAME_BYTES
 
 logger = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
 PYTHON_VERSION = "%d.%d" % sys.version_info[:2]
 MAX_HEADER_BYTES = 64 * 1024 * 1024
-MAX_FRAME_BYTES = 1 << 30  # the most a sender puts in one frame (oversize_error checks it)
-# libzmq checks MAXMSGSIZE against the frame on the wire, which CURVE makes 33 bytes larger
-# ("\x07MESSAGE", nonce, MAC, flags); a receiver allows that on top, or a frame within 33 bytes
-# of the limit would pass the sender's check and still cut its link.
-CURVE_FRAME_OVERHEAD = 33
-MAX_WIRE_FRAME_BYTES = MAX_FRAME_BYTES + CURVE_FRAME_OVERHEAD  # receivers' MAXMSGSIZE
+MAX_FRAME_BYTES = LINK_MAX_FRAME_BYTES  # the most a sender puts in one frame (oversize_error checks it)
+MAX_WIRE_FRAME_BYTES = LINK_MAX_WIRE_FRAME_BYTES  # receivers' MAXMSGSIZE
 
 # result status values in TaskResult.status
 OK = "ok"              # payload: serialized return value
