@@ -17,8 +17,10 @@ Every task is a bash app running ``$PARSL_MPI_PREFIX <command>`` with a
 For each executor: ``parsl.load``, then per shape and command: ``--warmup`` tasks (so block
 start-up is not measured), ``--latency-tasks`` tasks one at a time (median submit -> result:
 launch latency), then ``--tasks`` tasks submitted at once, timed from the first submit to
-the last result (tasks/s). Each task stamps its start and end, so the report also shows how
-many tasks actually ran at once. Medians over ``--repeat`` rounds (executor order reversed
+the last result (tasks/s). Each task stamps its start and end (bash's ``$EPOCHREALTIME`` around
+the launch line), so the report also shows how many tasks actually ran at once and, as "in task",
+the median time of the launch line itself among the latency tasks: latency minus it is what the
+executor adds around the launcher. Medians over ``--repeat`` rounds (executor order reversed
 every other round), then one table per shape and command with the ratios DragonExecutor /
 MPIExecutor from this same run. It asserts nothing: targets belong to humans reading it.
 Takes the machine-wide lock of the Dragon test sessions for the whole run.
@@ -174,21 +176,27 @@ def max_overlap(intervals: List[Tuple[float, float]]) -> int:
     return most
 
 
-def inspect_outputs(paths: List[str], shape: Tuple[int, int], hello: bool) -> Tuple[Optional[int], str]:
-    """(tasks seen running at once, rank check) from the throughput tasks' stdout files."""
-    intervals, bad, sizes = [], 0, set()
-    want = shape[0] * shape[1]
+def stamped_intervals(paths: List[str]) -> List[Tuple[float, float]]:
+    """(start, end) of the launch line of each task whose stdout file has both stamps."""
+    intervals = []
     for path in paths:
         with open(path, errors="replace") as handle:
-            text = handle.read()
-        stamps = dict((kind, float(value)) for kind, value in STAMP.findall(text))
+            stamps = dict((kind, float(value)) for kind, value in STAMP.findall(handle.read()))
         if "start" in stamps and "end" in stamps:
             intervals.append((stamps["start"], stamps["end"]))
-        if hello:
-            seen = [(int(r), int(s)) for r, s in HELLO_LINE.findall(text)]
-            sizes.update(s for _, s in seen)
-            if sorted(r for r, _ in seen) != list(range(want)) or any(s != want for _, s in seen):
-                bad += 1
+    return intervals
+
+
+def inspect_outputs(paths: List[str], shape: Tuple[int, int], hello: bool) -> Tuple[Optional[int], str]:
+    """(tasks seen running at once, rank check) from the throughput tasks' stdout files."""
+    intervals, bad, sizes = stamped_intervals(paths), 0, set()
+    want = shape[0] * shape[1]
+    for path in paths if hello else []:
+        with open(path, errors="replace") as handle:
+            seen = [(int(r), int(s)) for r, s in HELLO_LINE.findall(handle.read())]
+        sizes.update(s for _, s in seen)
+        if sorted(r for r, _ in seen) != list(range(want)) or any(s != want for _, s in seen):
+            bad += 1
     overlap = max_overlap(intervals) if len(intervals) == len(paths) else None
     if not hello:
         check = "exit 0"
@@ -212,11 +220,13 @@ def run_case(name: str, shape: Tuple[int, int], command: str, hello: bool, args:
     warm = [submit("warm", i)[1] for i in range(args.warmup)]
     for i, future in enumerate(warm):  # the executor's first result may wait for its block to start
         future.result(timeout=args.startup_timeout if first and i == 0 else timeout)
-    latencies = []
+    latencies, inside = [], []
     for i in range(args.latency_tasks):
         t0 = time.perf_counter()
-        submit("lat", i)[1].result(timeout=timeout)
+        path, future = submit("lat", i)
+        future.result(timeout=timeout)
         latencies.append(time.perf_counter() - t0)
+        inside += [end - start for start, end in stamped_intervals([path])]
     t0 = time.perf_counter()
     batch = [submit("tput", i) for i in range(args.tasks)]
     for _, future in batch:
@@ -224,7 +234,7 @@ def run_case(name: str, shape: Tuple[int, int], command: str, hello: bool, args:
     spent = time.perf_counter() - t0
     overlap, check = inspect_outputs([path for path, _ in batch], shape, hello)
     return {"tasks_per_s": args.tasks / spent, "latency_ms": 1000 * statistics.median(latencies),
-            "overlap": overlap, "check": check}
+            "in_task_ms": 1000 * statistics.median(inside) if inside else None, "overlap": overlap, "check": check}
 
 
 def last_stderr(out_dir: str) -> str:
@@ -382,6 +392,8 @@ def main() -> None:
                 if good:
                     row["tasks_per_s"] = statistics.median(r["tasks_per_s"] for r in good)
                     row["latency_ms"] = statistics.median(r["latency_ms"] for r in good)
+                    inside = [r["in_task_ms"] for r in good if r.get("in_task_ms") is not None]
+                    row["in_task_ms"] = statistics.median(inside) if inside else None
                     seen = [r["overlap"] for r in good if r["overlap"] is not None]
                     row["seen"] = max(seen) if seen else None
                     row["check"] = "; ".join(sorted({r["check"] for r in good}))
@@ -393,8 +405,8 @@ def main() -> None:
             if shape[1] >= cores:
                 print(f"  a task takes all {cores} cores of each of its nodes: at most {nodes // shape[0]} such "
                       f"task(s) can run at once on {nodes} node(s), whatever the executor")
-            print(f"  {'executor':20s} {'tasks/s':>8s} {'latency ms':>11s} {'x tasks/s':>10s} {'x latency':>10s} "
-                  f"{'at once':>8s}  check")
+            print(f"  {'executor':20s} {'tasks/s':>8s} {'latency ms':>11s} {'in task ms':>11s} {'x tasks/s':>10s} "
+                  f"{'x latency':>10s} {'at once':>8s}  check")
             base = next((r for r in rows if r["name"] == "mpiexecutor" and "tasks_per_s" in r), None)
             for row in rows:
                 if "tasks_per_s" not in row:
@@ -405,7 +417,8 @@ def main() -> None:
                     ratio_t = row["tasks_per_s"] / base["tasks_per_s"]
                     ratio_l = row["latency_ms"] / base["latency_ms"]
                 failed = f" ({len(row['errors'])} round(s) failed: {row['errors'][0]})" if row["errors"] else ""
-                print(f"  {label(row['name']):20s} {row['tasks_per_s']:8.2f} {row['latency_ms']:11.1f} "
+                in_task = "-" if row["in_task_ms"] is None else f"{row['in_task_ms']:.1f}"
+                print(f"  {label(row['name']):20s} {row['tasks_per_s']:8.2f} {row['latency_ms']:11.1f} {in_task:>11s} "
                       f"{fmt(ratio_t):>10s} {fmt(ratio_l):>10s} "
                       f"{'-' if row['seen'] is None else row['seen']:>8}  {row['check']}{failed}")
             for row in rows:

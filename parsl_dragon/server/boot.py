@@ -54,7 +54,7 @@ from typing import Dict, List, Optional
 from parsl_dragon.host import startup
 from parsl_dragon.host.allocation import check_can_span, current_allocation, pbs_hosts
 from parsl_dragon.host.processes import DriverWatch
-from parsl_dragon.server.bootdir import cleanup_shim, take_block_lock, write_file_nofollow
+from parsl_dragon.server.bootdir import shim_dir, take_block_lock, write_file_nofollow
 from parsl_dragon.server.runtime import Boot
 from parsl_dragon.vocabulary import (
     AUTO_TRANSPORT,
@@ -225,7 +225,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     server_args += ["--launcher-pid", str(os.getpid())]
     token = uuid.uuid4().hex
     try:
-        env = block_environment(token, cleanup_shim(args.block_dir))
+        env = block_environment(token, shim_dir(args.block_dir))
     except (errors().InsecurePath, OSError) as exc:
         return _stop(exc, 2)
     check_block_size(env)

@@ -193,9 +193,8 @@ def test_parser():
 
 
 def test_cleanup_shim_shadows_the_user_wide_dragon_cleanup(tmp_path, monkeypatch):
-    import shutil
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
-    env = boot.block_environment("tok", bootdir.cleanup_shim(str(tmp_path)))
+    env = boot.block_environment("tok", bootdir.shim_dir(str(tmp_path)))
     found = shutil.which("dragon-cleanup", path=env["PATH"])
     assert found == str(tmp_path / "bin" / "dragon-cleanup")
     done = subprocess.run([found, "--only-be"], capture_output=True, text=True, env=env)
@@ -248,6 +247,56 @@ def test_server_flag_finds_the_value():
 
 # ---------------------------------------------------------------- block dir and shim (no symlinks followed)
 
+def _run_shim(tmp_path, values, *args):
+    """Run a dragon-config shim whose real command echoes what it was asked."""
+    real = tmp_path / "real dragon-config"  # a space: the path is quoted in the shim
+    real.write_text('#!/bin/sh\necho "real: $*"\n')
+    real.chmod(0o755)
+    shim = tmp_path / "dragon-config"
+    shim.write_text(bootdir.dragon_config_shim(values, str(real)))
+    shim.chmod(0o755)
+    return subprocess.run([str(shim), *args], capture_output=True, text=True, check=True).stdout
+
+
+def test_dragon_config_shim_answers_gets_as_the_real_one_and_defers_the_rest(tmp_path):
+    values = {"cuda_runtime_lib": "/opt/cuda/lib64", "odd": "it's $HOME `x`\nline 2"}
+    assert _run_shim(tmp_path, values, "--get=cuda_runtime_lib") == "/opt/cuda/lib64\n"
+    assert _run_shim(tmp_path, values, "--get=odd") == "it's $HOME `x`\nline 2\n", "taken literally"
+    assert _run_shim(tmp_path, values, "--get=hip_runtime_lib") == "\n", "an unknown key: an empty line"
+    assert _run_shim(tmp_path, values, "-g", "cuda_runtime_lib") == "real: -g cuda_runtime_lib\n"
+    assert _run_shim(tmp_path, values, "add", "--cuda-runtime-lib=/x") == "real: add --cuda-runtime-lib=/x\n"
+    assert _run_shim(tmp_path, None, "--get=cuda_runtime_lib") == "real: --get=cuda_runtime_lib\n", \
+        "values that could not be read: every call goes to the real one"
+
+
+@pytest.mark.parametrize("content, expected", [
+    (None, {}),  # no file: the real one prints an empty line for every key
+    ("not json", {}),
+    ('{"cuda_runtime_lib": "/opt/cuda/lib64", "n": 3}', {"cuda_runtime_lib": "/opt/cuda/lib64", "n": "3"}),
+    ('["a list"]', None),
+    ('{"a key; rm -rf /": "x"}', None),
+])
+def test_dragon_config_values_read_the_file_as_the_real_command_does(tmp_path, content, expected):
+    path = tmp_path / "dragon-config.json"
+    if content is not None:
+        path.write_text(content)
+    assert bootdir.dragon_config_values(str(path)) == expected
+    assert bootdir.dragon_config_values(None) is None
+
+
+def test_the_block_shim_answers_as_the_installed_dragon_config(tmp_path):
+    """The shim the block writes and Dragon's own command print the same for the runtime's questions."""
+    real = shutil.which("dragon-config", path=os.path.dirname(sys.executable))
+    if real is None:
+        pytest.skip("no dragon-config in this environment")
+    bindir = bootdir.shim_dir(str(tmp_path))
+    for key in ("cuda_runtime_lib", "hip_runtime_lib", "ze_runtime_lib"):
+        ours = subprocess.run([os.path.join(bindir, "dragon-config"), f"--get={key}"], capture_output=True,
+                              text=True, check=True).stdout
+        theirs = subprocess.run([real, f"--get={key}"], capture_output=True, text=True, check=True).stdout
+        assert ours == theirs
+
+
 def test_block_dir_is_made_0700_and_a_looser_bin_dir_of_ours_is_tightened(tmp_path):
     made = tmp_path / "block-0"
     private_directory(str(made))  # boot.main's first step
@@ -255,7 +304,7 @@ def test_block_dir_is_made_0700_and_a_looser_bin_dir_of_ours_is_tightened(tmp_pa
     loose = made / "bin"
     loose.mkdir(mode=0o755)
     os.chmod(loose, 0o755)
-    bootdir.cleanup_shim(str(made))
+    bootdir.shim_dir(str(made))
     assert stat.S_IMODE(loose.stat().st_mode) == 0o700
 
 
@@ -265,7 +314,7 @@ def test_cleanup_shim_refuses_a_bin_dir_others_can_write(tmp_path, mode):
     shared.mkdir()
     os.chmod(shared, mode)
     with pytest.raises(InsecurePath, match="group or others"):
-        bootdir.cleanup_shim(str(tmp_path))
+        bootdir.shim_dir(str(tmp_path))
     assert stat.S_IMODE(shared.stat().st_mode) == mode, "left as it was"
     assert os.listdir(shared) == [], "no shim written into it"
 
@@ -287,7 +336,7 @@ def test_cleanup_shim_refuses_a_bin_dir_of_another_user(tmp_path):
     theirs.mkdir(mode=0o700)
     os.chown(theirs, 65534, 65534)
     with pytest.raises(InsecurePath, match="belongs to uid 65534"):
-        bootdir.cleanup_shim(str(tmp_path))
+        bootdir.shim_dir(str(tmp_path))
 
 
 def test_cleanup_shim_replaces_a_planted_symlink_instead_of_writing_through_it(tmp_path):
@@ -296,13 +345,13 @@ def test_cleanup_shim_replaces_a_planted_symlink_instead_of_writing_through_it(t
     block = tmp_path / "block"
     (block / "bin").mkdir(parents=True, mode=0o700)
     (block / "bin" / "dragon-cleanup").symlink_to(victim)
-    bindir = bootdir.cleanup_shim(str(block))
+    bindir = bootdir.shim_dir(str(block))
     shim = block / "bin" / "dragon-cleanup"
     assert victim.read_text() == "precious\n", "the shim was written through the symlink"
     assert not shim.is_symlink() and shim.read_text() == bootdir.CLEANUP_SHIM
     assert stat.S_IMODE(shim.stat().st_mode) == 0o755
     assert stat.S_IMODE(os.stat(bindir).st_mode) == 0o700
-    assert sorted(os.listdir(bindir)) == ["dragon-cleanup"], "no temporary file left"
+    assert sorted(os.listdir(bindir)) == ["dragon-cleanup", "dragon-config"], "no temporary file left"
 
 
 def test_cleanup_shim_refuses_a_bin_dir_that_is_a_symlink(tmp_path):
@@ -312,7 +361,7 @@ def test_cleanup_shim_refuses_a_bin_dir_that_is_a_symlink(tmp_path):
     block.mkdir(mode=0o700)
     (block / "bin").symlink_to(elsewhere)
     with pytest.raises(InsecurePath, match="symbolic link"):
-        bootdir.cleanup_shim(str(block))
+        bootdir.shim_dir(str(block))
     assert os.listdir(elsewhere) == []
 
 
