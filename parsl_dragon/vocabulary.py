@@ -46,6 +46,9 @@ ENV_RANK_REPORT = "PARSL_DRAGON_RANK_REPORT"            # worker -> MPI task: wh
 ENV_RANK_DIR = "PARSL_DRAGON_RANK_DIR"                  # worker -> MPI task: its private dir (launch FIFO)
 ENV_WORKER_PID = "PARSL_DRAGON_WORKER_PID"              # worker -> MPI task: who answers its launches
 ENV_PMI_PROBLEM = "PARSL_DRAGON_PMI_PROBLEM"            # worker -> MPI task: why its PMI backend cannot work
+ENV_ACCELERATORS = "PARSL_DRAGON_ACCELERATORS"          # server -> workers: available_accelerators, if set
+ENV_RANK_GPUS = "PARSL_DRAGON_RANK_GPUS"                # worker -> mpiexec task: "host=id,id;host=id,id"
+ENV_GPUS_PER_RANK = "PARSL_DRAGON_GPUS_PER_RANK"        # worker -> mpiexec task: its gpus_per_rank
 # --- Links: the most one frame may carry (wire/protocol.py checks it; receivers cap at it) --------
 LINK_MAX_FRAME_BYTES = 1 << 30  # what a sender puts in one frame at most
 # libzmq checks MAXMSGSIZE against the frame on the wire, which CURVE makes 33 bytes larger

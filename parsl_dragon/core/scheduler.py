@@ -32,7 +32,8 @@ from parsl_dragon.core.spec import TaskSpec, check_fits, request_for
 
 @dataclass(frozen=True)
 class Assignment:
-    """Send task ``task_id`` to ``worker_id``; ``placement`` is set for MPI tasks only."""
+    """Send task ``task_id`` to ``worker_id``; ``placement`` is set for MPI tasks and tasks with GPUs
+    (the worker binds the task to its devices), None otherwise."""
 
     worker_id: str
     task_id: int
@@ -55,7 +56,7 @@ class TaskScheduler:
         self._worker_host: Dict[str, str] = {}
         self._worker_task: Dict[str, int] = {}
         self._task_worker: Dict[int, str] = {}
-        self._mpi: Set[int] = set()
+        self._placed: Set[int] = set()  # tasks whose placement goes to their worker
 
     # ---- queries -------------------------------------------------------
     @property
@@ -104,7 +105,7 @@ class TaskScheduler:
         started: List[Placement] = []
         if lost is not None:
             self._task_worker.pop(lost, None)
-            self._mpi.discard(lost)
+            self._placed.discard(lost)
             started += self.table.release(lost)
         started += self.table.set_workers(host, len(state.ready))
         return lost, self._assign(started)
@@ -112,26 +113,41 @@ class TaskScheduler:
     def submit(self, task_id: int, spec: TaskSpec) -> List[Assignment]:
         """Queue a task; InvalidResourceSpecification if it can never run on these nodes."""
         check_fits(spec, self.table.nodes)
-        if spec.is_mpi:
-            self._mpi.add(task_id)
+        if spec.is_mpi or spec.gpus_per_rank:
+            self._placed.add(task_id)
         return self._assign(self.table.submit(request_for(task_id, spec)))
 
     def finished(self, task_id: int) -> List[Assignment]:
-        """A task ended (any outcome): its worker is idle again and its slots are free."""
+        """A task ended (any outcome): its worker is idle again (unless it retires) and its slots are free."""
         worker_id = self._task_worker.pop(task_id, None)
-        self._mpi.discard(task_id)
+        self._placed.discard(task_id)
         if worker_id is not None:
             self._worker_task.pop(worker_id, None)
             host = self._worker_host.get(worker_id)
-            if host is not None:
+            if host is not None and worker_id in self._hosts[host].ready:
                 self._hosts[host].idle.append(worker_id)
+            elif host is not None:  # retired: it leaves with its last task
+                del self._worker_host[worker_id]
         return self._assign(self.table.release(task_id))
+
+    def retire(self, worker_id: str) -> List[Assignment]:
+        """The worker takes no new task; it leaves once its current one is :meth:`finished`."""
+        host = self._worker_host.get(worker_id)
+        if host is None:
+            return []
+        state = self._hosts[host]
+        state.ready.discard(worker_id)
+        if worker_id in state.idle:
+            state.idle.remove(worker_id)
+        if worker_id not in self._worker_task:
+            del self._worker_host[worker_id]
+        return self._assign(self.table.set_workers(host, len(state.ready)))
 
     def cancel(self, task_ids: Iterable[int]) -> Tuple[List[int], List[Assignment]]:
         """Drop queued tasks; return the dropped ids and what can start instead."""
         cancellation = self.table.cancel(task_ids)
         for task_id in cancellation.dropped:
-            self._mpi.discard(task_id)
+            self._placed.discard(task_id)
         return cancellation.dropped, self._assign(cancellation.started)
 
     # ---- internals -----------------------------------------------------
@@ -142,6 +158,6 @@ class TaskScheduler:
             worker_id = state.idle.pop(0)  # the slot table never starts more tasks than ready workers
             self._worker_task[worker_id] = placement.task_id
             self._task_worker[placement.task_id] = worker_id
-            detail = placement if placement.task_id in self._mpi else None
+            detail = placement if placement.task_id in self._placed else None
             assignments.append(Assignment(worker_id, placement.task_id, detail))
         return assignments

@@ -333,6 +333,12 @@ def _per_node_keys(spec: TaskSpec, per_rank_key: str) -> Set[str]:
     return keys or {per_rank_key}
 
 
+def _gpu_offer(max_gpus: int) -> str:
+    if max_gpus:
+        return f"the largest node has {max_gpus}"
+    return "this block has no GPUs (Dragon found none; available_accelerators names them)"
+
+
 def check_fits(spec: TaskSpec, nodes: Iterable[NodeSlots]) -> None:
     """Raise ``InvalidResourceSpecification`` if a task can never run on ``nodes``.
 
@@ -353,7 +359,8 @@ def check_fits(spec: TaskSpec, nodes: Iterable[NodeSlots]) -> None:
                        f"the task needs {cores} cores per node; the largest node has {max_cores}")
     if gpus > max_gpus:
         raise _invalid(_per_node_keys(spec, "gpus_per_rank"),
-                       f"the task needs {gpus} GPUs per node; the largest node has {max_gpus}")
+                       f"the task needs {gpus} GPUs per node (gpus_per_rank {spec.gpus_per_rank} x ranks_per_node "
+                       f"{spec.ranks_per_node}); " + _gpu_offer(max_gpus))
     able = sum(1 for x in nodes if x.cores >= cores and x.gpus >= gpus)
     if able < n:
         short_cores = sum(1 for x in nodes if x.cores >= cores) < n

@@ -28,7 +28,7 @@ import os
 import pickle
 import socket
 from concurrent.futures import Future
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import typeguard
 from parsl.executors.status_handling import BlockProviderExecutor
@@ -39,6 +39,7 @@ from parsl.providers.base import ExecutionProvider
 from parsl.serialize import pack_apply_message
 from parsl.utils import RepresentationMixin
 
+from parsl_dragon.core.accelerators import as_flag, parse_accelerators
 from parsl_dragon.core.spec import normalize_spec
 from parsl_dragon.driver.blocks import BlockLaunch, BlockWatch, host_address, on_driver_host, shared_server
 from parsl_dragon.driver.client import DragonClient
@@ -95,6 +96,10 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         Cores per node in the server's slot table (default: what Dragon reports).
         Serial tasks take one core (``cpus_per_rank``), MPI tasks
         ``ranks_per_node x cpus_per_rank`` on each of their nodes.
+    available_accelerators : int or list of str, optional
+        GPU ids of every node, as HTEX's (``n``: ``"0"``..``"n-1"``; tiles such as ``"0.0"``;
+        an id listed twice is shared). Default: Dragon's count per node. A task's
+        ``gpus_per_rank`` ids are its GPU variables while it runs (docs/gpus.md).
     pmi : str
         Default PMI backend of MPI tasks: ``mpiexec`` (the site's mpiexec, started as
         one Dragon process on the task's first node), ``cray`` (Cray PMI / PALS),
@@ -138,7 +143,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
     def __init__(self, label: str = "dragon", provider: Optional[ExecutionProvider] = None,
                  in_allocation: Optional[bool] = None, allocation_nodes: Optional[int] = None,
                  workers_per_node: Optional[int] = None, cores_per_node: Optional[int] = None,
-                 pmi: str = DEFAULT_PMI,
+                 available_accelerators: Union[int, Sequence[str], None] = None, pmi: str = DEFAULT_PMI,
                  server_path: Optional[str] = None, transport: Optional[str] = None,
                  startup_timeout_ms: Optional[int] = None, timeout_ms: Optional[int] = None,
                  key_path: Optional[str] = None, rank_startup_timeout_ms: Optional[int] = None,
@@ -161,14 +166,12 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         self.label = label
         self.workers_per_node_arg = workers_per_node
         self.cores_per_node = cores_per_node
+        self.available_accelerators = available_accelerators
+        self._accelerators = parse_accelerators(available_accelerators, "available_accelerators")
         self.pmi = pmi
-        self.server_path = server_path
-        self.transport = transport
-        self.startup_timeout_ms = startup_timeout_ms
-        self.timeout_ms = timeout_ms
-        self.key_path = key_path
-        self.rank_startup_timeout_ms = rank_startup_timeout_ms
-        self.owner_timeout_ms = owner_timeout_ms
+        self.server_path, self.transport, self.key_path = server_path, transport, key_path
+        self.startup_timeout_ms, self.timeout_ms = startup_timeout_ms, timeout_ms
+        self.rank_startup_timeout_ms, self.owner_timeout_ms = rank_startup_timeout_ms, owner_timeout_ms
         self.heartbeat_period = float(heartbeat_period)
         self.heartbeat_threshold = heartbeat_threshold
         self.address = address
@@ -266,6 +269,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
             "heartbeat_period": self.heartbeat_period, "heartbeat_threshold": self.heartbeat_threshold,
             "rank_startup_timeout_ms": self.settings.rank_startup_timeout_ms,
             "workers_per_node": self.workers_per_node_arg, "cores_per_node": self.cores_per_node,
+            "accelerators": None if self._accelerators is None else as_flag(self._accelerators),
             "debug": self.worker_debug}, driver_pid=os.getpid() if on_driver_host(self.provider) else None)
 
     def _launch_block(self, block_id: str) -> Any:

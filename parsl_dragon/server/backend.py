@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
+from parsl_dragon.core.accelerators import gpu_environment, per_rank
 from parsl_dragon.server import pmi
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class RankJob:
     ranks_per_node: int
     pmi: str = "none"
     cores: List[List[int]] = field(default_factory=list)  # per host: core ids, cpus_per_rank per rank
-    gpus: List[List[int]] = field(default_factory=list)   # per host: gpu ids, gpus_per_rank per rank
+    gpus: List[List[str]] = field(default_factory=list)   # per host: device ids, gpus_per_rank per rank
     cpus_per_rank: int = 1
     gpus_per_rank: int = 0
     cpu_bind: bool = False
@@ -263,9 +264,6 @@ def _rank_policy(Policy, job: RankJob, host_index: int, local_rank: int):
     if job.cpu_bind and host_index < len(job.cores) and job.cores[host_index]:
         per = job.cpus_per_rank
         kwargs["cpu_affinity"] = job.cores[host_index][local_rank * per:(local_rank + 1) * per]
-    if job.gpus_per_rank and host_index < len(job.gpus) and job.gpus[host_index]:
-        per = job.gpus_per_rank
-        kwargs["gpu_affinity"] = job.gpus[host_index][local_rank * per:(local_rank + 1) * per]
     return Policy(**kwargs)
 
 
@@ -289,6 +287,8 @@ def _rank_templates(job: RankJob, make) -> List[object]:
             rank = len(made)
             env = dict(job.env, PARSL_RANK=str(rank), PARSL_LOCAL_RANK=str(local_rank),
                        PARSL_NODE_RANK=str(host_index))
+            if job.gpus_per_rank and host_index < len(job.gpus):  # not Dragon's gpu_affinity: ids may be tiles
+                env.update(gpu_environment(per_rank(job.gpus[host_index], job.gpus_per_rank, local_rank)))
             files = [os.path.join(output_dir, f"rank-{rank}.{kind}") for kind in ("out", "err")]
             made.append(make(target="/bin/sh", args=["-c", _REDIRECT, "rank", *files, *job.argv], cwd=job.cwd,
                              env=env, stdout=make.DEVNULL, stderr=make.DEVNULL,

@@ -20,6 +20,7 @@ import socket
 import sys
 from typing import List, Optional
 
+from parsl_dragon.core.accelerators import parse_accelerators
 from parsl_dragon.host import startup
 from parsl_dragon.server import address
 from parsl_dragon.server.options import ServerOptions
@@ -52,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the driver's node, inside the block (in its own job): one core there is kept for it")
     parser.add_argument("--cores-per-node", type=int, default=None,
                         help="cores the slot table counts per node (default: what Dragon reports)")
+    parser.add_argument("--accelerators", type=_accelerators, default=None,
+                        help="GPU ids of every node, comma-separated (default: Dragon's count, ids 0..n-1)")
     parser.add_argument("--heartbeat-period", type=float, default=DEFAULT_HEARTBEAT_PERIOD_S)
     parser.add_argument("--heartbeat-threshold", type=int, default=DEFAULT_HEARTBEAT_THRESHOLD)
     parser.add_argument("--owner-timeout-ms", type=_timeout_ms, default=DEFAULT_OWNER_TIMEOUT_MS,
@@ -125,13 +128,21 @@ def _timeout_ms(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def _accelerators(text: str):
+    """argparse type of ``--accelerators``: the ids ``available_accelerators`` stands for."""
+    try:
+        return parse_accelerators(text, "--accelerators")
+    except Exception as exc:  # ConfigurationError, as above
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def options_from(args: argparse.Namespace) -> ServerOptions:
     server_keys = security.load_pair(args.key_dir, security.SERVER, create=False)
     trusted = [security.load_public(args.key_dir, security.CLIENT)] + [k.encode() for k in args.trust]
     return ServerOptions(
         connection_file=os.path.abspath(args.connection_file), log_path=os.path.abspath(args.log_file),
         server_keys=server_keys, client_keys=trusted, host_address=resolve_host_address(args.host_address),
-        cores_per_node=args.cores_per_node, driver_host=args.driver_host,
+        cores_per_node=args.cores_per_node, accelerators=args.accelerators, driver_host=args.driver_host,
         heartbeat_period=args.heartbeat_period, heartbeat_threshold=args.heartbeat_threshold,
         owner_timeout_ms=args.owner_timeout_ms, launch_id=args.launch_id,
         job_id=args.job_id or batch_job_id(os.environ), block_id=args.block_id, launcher_pid=args.launcher_pid,

@@ -6,6 +6,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from parsl_dragon.core.accelerators import Accelerators, gpu_count
 from parsl_dragon.vocabulary import (
     DEFAULT_HEARTBEAT_PERIOD_S,
     DEFAULT_HEARTBEAT_THRESHOLD,
@@ -26,6 +27,7 @@ class ServerOptions:
     client_keys: List[bytes]
     host_address: str = LOOPBACK
     cores_per_node: Optional[int] = None
+    accelerators: Optional[Accelerators] = None  # available_accelerators; None: Dragon's count per node
     driver_host: Optional[str] = None  # the node the driver runs on (a block in its job): one core kept for it
     heartbeat_period: float = DEFAULT_HEARTBEAT_PERIOD_S
     heartbeat_threshold: int = DEFAULT_HEARTBEAT_THRESHOLD
@@ -42,6 +44,10 @@ class ServerOptions:
         reports), less one on the driver's node when the block runs in the driver's job."""
         cores = self.cores_per_node or cpus
         return max(1, cores - 1) if self.is_driver_host(hostname) else cores
+
+    def gpus_of(self, reported: int) -> int:
+        """GPU slots the slot table counts on a node for which Dragon reported ``reported``."""
+        return gpu_count(self.accelerators, reported)
 
     def is_driver_host(self, hostname: str) -> bool:
         """Whether Dragon's node ``hostname`` is the driver's (a one-node runtime calls its node

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from parsl_dragon.core.accelerators import Accelerators, device_ids
 from parsl_dragon.core.placement import Placement
 from parsl_dragon.core.spec import TaskSpec
 from parsl_dragon.server.backend import MPIEXEC_REFUSED, RankJob, RankOutcome  # dragon is imported lazily
@@ -184,7 +185,7 @@ class RankLaunches:
 
 def refusal(message: p.LaunchRanks, task: Optional[Task]) -> Optional[p.RanksDone]:
     """The error reply for a launch the server does not start, or None to start it."""
-    if task is None or task.placement is None:
+    if task is None or task.placement is None or not task.spec.is_mpi:
         error = f"no running MPI task {message.task_id} on this server"
     elif task.spec.pmi == "mpiexec":
         error = MPIEXEC_REFUSED
@@ -193,13 +194,15 @@ def refusal(message: p.LaunchRanks, task: Optional[Task]) -> Optional[p.RanksDon
     return error_reply(message.task_id, message.launch, error)
 
 
-def job_from(message: p.LaunchRanks, spec: TaskSpec, placement: Placement, output_dir: str) -> RankJob:
-    """The RankJob for a LaunchRanks request of an MPI task with this spec and placement."""
+def job_from(message: p.LaunchRanks, spec: TaskSpec, placement: Placement, output_dir: str,
+             accelerators: Optional[Accelerators] = None) -> RankJob:
+    """The RankJob for a LaunchRanks request of an MPI task with this spec and placement; its
+    GPU numbers become the ids of ``accelerators`` (``available_accelerators``)."""
     assert spec.pmi is not None, "only MPI tasks have a placement"
     return RankJob(
         task_id=message.task_id, argv=list(message.argv), cwd=message.cwd, env=dict(message.env),
         hosts=list(placement.hosts), ranks_per_node=spec.ranks_per_node, pmi=spec.pmi,
-        cores=[list(ids) for ids in placement.cores], gpus=[list(ids) for ids in placement.gpus],
+        cores=[list(ids) for ids in placement.cores], gpus=[device_ids(ids, accelerators) for ids in placement.gpus],
         cpus_per_rank=spec.cpus_per_rank, gpus_per_rank=spec.gpus_per_rank, cpu_bind=spec.cpu_bind,
         launcher_options=spec.launcher_options,
         walltime=None if spec.walltime is None else float(spec.walltime), output_dir=output_dir)

@@ -102,7 +102,7 @@ class Server:
         self.worker_links.sock = self.side.sock
         self.clients.links.sock, front_port = bind_router(self.context, CLIENT_DOMAIN, opts.server_keys.secret,
                                                           opts.host_address)
-        self.scheduler = TaskScheduler([NodeSlots(n.hostname, opts.cores_of(n.hostname, n.cpus), n.gpus)
+        self.scheduler = TaskScheduler([NodeSlots(n.hostname, opts.cores_of(n.hostname, n.cpus), opts.gpus_of(n.gpus))
                                         for n in self.backend.nodes()])
         self._write_connection(f"tcp://{opts.host_address}:{front_port}")
 
@@ -350,8 +350,12 @@ class Server:
         self.worker_links.send(identity, p.ResyncMark(assigned=assigned))
 
     def _on_task_results(self, identity: bytes, message: p.TaskResults) -> None:
-        routed = self.tasks.route(identity.decode(errors="replace"), message, self.clients)
+        worker_id = identity.decode(errors="replace")
+        routed = self.tasks.route(worker_id, message, self.clients)
         assignments: List[Assignment] = []
+        if message.retiring and self.worker_puids.pop(worker_id, None) is not None:  # its exit is no loss
+            logger.info("Worker %s retires (a GPU runtime bound it); the backend starts another", worker_id)
+            assignments += self.scheduler.retire(worker_id)
         for task_id in routed.finished:
             self.rank_launches.cancel_task(task_id)  # ranks do not outlive their task
             assignments += self.scheduler.finished(task_id)
@@ -371,7 +375,7 @@ class Server:
         self._launch_seq += 1
         output_dir = os.path.join(os.path.dirname(self.options.log_path), "ranks",
                                   f"task-{message.task_id}-{self._launch_seq}")
-        job = job_from(message, task.spec, task.placement, output_dir)
+        job = job_from(message, task.spec, task.placement, output_dir, self.options.accelerators)
         self.rank_launches.start(identity, job, task.client_task_id, message.launch)
 
     def _on_monitoring(self, identity: bytes, message: p.Monitoring) -> None:

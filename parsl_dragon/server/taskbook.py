@@ -26,7 +26,7 @@ class Task:
     client_task_id: int
     spec: TaskSpec
     payload: bytes           # emptied once a worker has it (memory stays bounded)
-    placement: Optional[Placement] = None  # set for an MPI task once it is assigned
+    placement: Optional[Placement] = None  # set for an MPI or GPU task once it is assigned
     worker: str = ""         # the worker it was sent to: only that worker's result is taken
 
 

@@ -4,7 +4,8 @@ Started by Dragon (see ``backend``) as ``python -m parsl_dragon.server.worker HO
 with its link address and CURVE keys in the environment. Loop::
 
     recv SubmitTasks  -> local queue
-    run one task      -> Parsl's execute_task(); result or RemoteExceptionWrapper serialized
+    run one task      -> Parsl's execute_task() (with its GPUs bound: task/devices.py); result or
+                         RemoteExceptionWrapper serialized
     flush TaskResults -> when the local queue is empty, 64 results or 64 MiB wait, or 20 ms passed
 
 When the link drops and comes back (the worker's socket monitor sees it), the worker
@@ -32,6 +33,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from parsl_dragon.errors import PAYLOAD_TOO_LARGE, SERIALIZATION_ERROR, TASK_LOST, RankFailure
 from parsl_dragon.server import pmi
+from parsl_dragon.task.devices import block_accelerators, devices_per_host, gpu_binding, gpu_runtime_loaded
 from parsl_dragon.task.mpi_env import mpi_task, read_report
 from parsl_dragon.task.rank_service import RankService
 from parsl_dragon.wire import protocol as p
@@ -119,7 +121,9 @@ class Worker:
         self.payloads: List[bytes] = []
         self.batch_bytes = 0
         self.stopping = False
+        self.retiring = False  # a GPU runtime bound this process to one task's devices: exit, be replaced
         self.ranks: Optional[RankService] = None  # opened at the first task whose ranks Dragon starts
+        self.accelerators = block_accelerators()  # what the slot table's GPU numbers stand for
 
     def run(self) -> None:
         puid = int(os.environ.get("DRAGON_MY_PUID", "0") or 0)
@@ -192,10 +196,14 @@ class Worker:
 
     def _run_one(self) -> None:
         entry, payload = self.queue.popleft()
-        if entry.placement:
-            status, outcome, error = self._run_mpi(entry, payload)
-        else:
-            status, outcome, error = run_task(payload)
+        devices = devices_per_host(entry.placement, self.accelerators) if entry.spec.gpus_per_rank else []
+        with gpu_binding(devices[0] if devices else ()):
+            if entry.spec.is_mpi and entry.placement is not None:
+                status, outcome, error = self._run_mpi(entry, payload, devices)
+            else:
+                status, outcome, error = run_task(payload)
+        if entry.spec.gpus_per_rank and not self.retiring:
+            self._retire_if_bound(entry.task_id)
         error_type = SERIALIZATION_ERROR if error else ""
         too_large = p.oversize_error(f"the result of task {entry.task_id}", len(outcome))
         if too_large:
@@ -206,11 +214,19 @@ class Worker:
         self.payloads.append(outcome)
         self.batch_bytes += len(outcome)
 
-    def _run_mpi(self, entry: p.TaskEntry, payload: bytes) -> Tuple[str, bytes, str]:
+    def _retire_if_bound(self, task_id: int) -> None:
+        """A GPU runtime initialized in this process keeps the devices it saw: retire (task/devices.py)."""
+        library = gpu_runtime_loaded()
+        if library is not None:
+            logger.info("Task %d left a GPU runtime (%s) in this worker: retiring; a fresh worker replaces it",
+                        task_id, library)
+            self.retiring = self.stopping = True
+
+    def _run_mpi(self, entry: p.TaskEntry, payload: bytes, devices: List[List[str]]) -> Tuple[str, bytes, str]:
         """Run an MPI task with its variables; serve its launches if Dragon starts its ranks."""
         problem = pmi.problem(entry.spec.pmi, os.environ)
         served = problem is None and entry.spec.pmi != "mpiexec"
-        with mpi_task(entry.task_id, entry.spec, entry.placement, problem) as task:
+        with mpi_task(entry.task_id, entry.spec, entry.placement, problem, devices) as task:
             if served:
                 if self.ranks is None or not self.ranks.alive:  # a service that failed is replaced
                     self.ranks = RankService(self.worker_id)
@@ -223,7 +239,7 @@ class Worker:
 
     def _flush(self) -> None:
         if self.results:
-            self._send(p.TaskResults(results=self.results, payloads=self.payloads))
+            self._send(p.TaskResults(results=self.results, payloads=self.payloads, retiring=self.retiring))
             if self.answered_since_resync is not None:
                 self.answered_since_resync.update(r.task_id for r in self.results)
             self.results, self.payloads, self.batch_bytes = [], [], 0

@@ -16,9 +16,11 @@ from typing import Dict, Optional, Tuple
 
 import zmq
 
+from parsl_dragon.core.accelerators import as_flag
 from parsl_dragon.server.auth import WORKER_DOMAIN, start_authenticator
 from parsl_dragon.server.options import ServerOptions
 from parsl_dragon.vocabulary import (
+    ENV_ACCELERATORS,
     ENV_SERVER_ID,
     ENV_WORKER_ADDRESS,
     ENV_WORKER_SECRET,
@@ -77,6 +79,8 @@ class WorkerSide:
         self.sock, port = bind_router(self.context, WORKER_DOMAIN, self.keys.secret, options.host_address)
         self.address = f"tcp://{options.host_address}:{port}"
         env = worker_environment(self.address, self.keys.secret, self.server_id, options.block_id)
+        if options.accelerators is not None:  # the ids the slot table's GPU numbers stand for
+            env[ENV_ACCELERATORS] = as_flag(options.accelerators)
         self.workers = backend.start_workers(self.address, env, options.cwd)
         logger.info("Launching %d workers on %s; backend at %s", self.workers, backend.hostnames(), self.address)
 

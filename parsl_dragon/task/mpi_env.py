@@ -12,6 +12,9 @@ For a task with a placement the worker exports, for the duration of the task::
     PARSL_DRAGON_WORKER_PID   the worker running the task (the prefix stops waiting if it is gone)
     PARSL_DRAGON_RANK_REPORT  file in that directory where failing ranks are noted
     PARSL_DRAGON_PMI_PROBLEM  only when the task's PMI backend cannot work on this node: why
+    PARSL_DRAGON_RANK_GPUS, PARSL_DRAGON_GPUS_PER_RANK
+                              only for pmi="mpiexec" with gpus_per_rank: every host's device
+                              ids and one rank's share (``task/gpu_bind.sh`` binds each rank)
     SLURM_OVERLAP=1           only inside a Slurm job: every srun the task runs (mpiexec's own,
                               Hydra starts its proxies with one) may share the nodes with the
                               step Dragon's runtime holds them with; without it that srun
@@ -35,10 +38,11 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from parsl_dragon.core.placement import Placement
 from parsl_dragon.core.spec import TaskSpec
+from parsl_dragon.task.devices import rank_gpu_environment
 from parsl_dragon.task.prefix import prefix_command
 from parsl_dragon.vocabulary import ENV_PMI_PROBLEM, ENV_RANK_DIR, ENV_RANK_REPORT, ENV_TASK, ENV_WORKER_PID
 
@@ -60,8 +64,8 @@ class MpiTask:
         return os.path.join(self.directory, LAUNCH_FIFO)
 
 
-def task_environment(task: MpiTask, spec: TaskSpec, placement: Placement,
-                     problem: Optional[str] = None) -> Dict[str, str]:
+def task_environment(task: MpiTask, spec: TaskSpec, placement: Placement, problem: Optional[str] = None,
+                     devices: Sequence[Sequence[str]] = ()) -> Dict[str, str]:
     """The variables an MPI task sees (the module docstring lists them)."""
     env = {
         "PARSL_NUM_NODES": str(len(placement.hosts)),
@@ -76,19 +80,23 @@ def task_environment(task: MpiTask, spec: TaskSpec, placement: Placement,
     }
     if problem:
         env[ENV_PMI_PROBLEM] = problem
+    if spec.gpus_per_rank and spec.pmi == "mpiexec":
+        env.update(rank_gpu_environment(placement, devices, spec.gpus_per_rank))
     if os.environ.get("SLURM_JOB_ID"):
         env["SLURM_OVERLAP"] = "1"
     return env
 
 
 @contextlib.contextmanager
-def mpi_task(task_id: int, spec: TaskSpec, placement: Placement, problem: Optional[str] = None) -> Iterator[MpiTask]:
+def mpi_task(task_id: int, spec: TaskSpec, placement: Placement, problem: Optional[str] = None,
+             devices: Sequence[Sequence[str]] = ()) -> Iterator[MpiTask]:
     """Export the MPI variables while the task runs (``problem``: why its PMI backend cannot
-    work here, which every launch then reports); the directory is removed afterwards."""
+    work here, which every launch then reports; ``devices``: its GPU ids per host); the
+    directory is removed afterwards."""
     directory = tempfile.mkdtemp(prefix=f"parsl-dragon-ranks-{task_id}-")  # new, 0700
     task = MpiTask(task_id, directory, os.path.join(directory, REPORT_FILE))
     saved = dict(os.environ)
-    os.environ.update(task_environment(task, spec, placement, problem))
+    os.environ.update(task_environment(task, spec, placement, problem, devices))
     try:
         yield task
     finally:

@@ -1,9 +1,11 @@
 """What ``$PARSL_MPI_PREFIX`` is for one MPI task, by the task's ``pmi``::
 
     mpiexec           [timeout -k 5 S] /path/mpiexec -n N -ppn R -hosts h1,h2 [label] [launcher_options]
+                          [bash gpu_bind.sh]
                       the site's mpiexec, run by the app itself as in HTEX's MPI mode: no wrapper,
                       no interpreter, no server round trip (each would cost as much as mpiexec's
-                      own ~7 ms start here); under timeout(1) when the task has a ``walltime``
+                      own ~7 ms start here); under timeout(1) when the task has a ``walltime``;
+                      each rank through ``gpu_bind.sh`` (its own GPUs) when it has ``gpus_per_rank``
     none, cray, pmix  bash prefix.sh dragon
                       Dragon starts the ranks: the worker's rank service asks the server
 
@@ -29,6 +31,7 @@ from typing import List, Optional
 
 from parsl_dragon.core.placement import Placement
 from parsl_dragon.core.spec import TaskSpec
+from parsl_dragon.task.devices import GPU_BIND_SCRIPT
 
 logger = logging.getLogger(__name__)
 
@@ -78,4 +81,5 @@ def prefix_command(spec: TaskSpec, placement: Placement, problem: Optional[str] 
         return " ".join([*head, "dragon"])
     mpiexec = shutil.which("mpiexec") or "mpiexec"
     timeout = [] if spec.walltime is None else ["timeout", "-k", str(MPIEXEC_KILL_AFTER_S), f"{float(spec.walltime):g}"]
-    return " ".join([*timeout, *mpiexec_words(mpiexec, spec, placement)])
+    bind = [bash(), GPU_BIND_SCRIPT] if spec.gpus_per_rank else []
+    return " ".join([*timeout, *mpiexec_words(mpiexec, spec, placement), *bind])

@@ -21,7 +21,7 @@ A task entry (``SubmitTasks.tasks[]``) is ``{"task_id": int, "spec": {...}, "pla
 {...}}``: ``spec`` is :meth:`~parsl_dragon.core.spec.TaskSpec.to_wire` (e.g. ``{}`` for a
 serial task, ``{"num_nodes": 2, "ranks_per_node": 4, "num_ranks": 8, "pmi": "cray"}``),
 ``placement`` is :meth:`~parsl_dragon.core.placement.Placement.to_wire` (``{"hosts": [...],
-"cores": [[...]], "gpus": [[...]]}``, one list per host; server to worker, MPI tasks only)
+"cores": [[...]], "gpus": [[...]]}``, one list per host; server to worker, MPI and GPU tasks only)
 or ``{}``. A placement that ``Placement.from_wire`` refuses raises ``ProtocolError``. A
 ``spec`` that ``TaskSpec.from_wire`` refuses does *not*: it is the user's request, not the
 peer's mistake, so that entry decodes with ``spec_error`` set (the
@@ -122,7 +122,7 @@ _LOCAL = {"local": True}       # a field that never travels
 @dataclass
 class TaskEntry:
     """One task inside ``SubmitTasks`` (wire form: the module docstring). ``placement`` is None
-    for serial tasks; ``spec_error`` is set, never sent, on a decoded entry whose spec did not
+    for serial tasks without GPUs; ``spec_error`` is set, never sent, on a decoded entry whose spec did not
     validate (``spec`` is then the default)."""
 
     task_id: int
@@ -169,11 +169,13 @@ class TaskResult:
 
 @dataclass
 class TaskResults(Message):
-    """A batch of outcomes; ``payloads[i]`` belongs to ``results[i]`` (empty for FAILED)."""
+    """A batch of outcomes; ``payloads[i]`` belongs to ``results[i]`` (empty for FAILED).
+    ``retiring``: the worker exits after this batch and takes no new task (task/devices.py)."""
 
     has_payloads: ClassVar[bool] = True
     results: List[TaskResult]
     payloads: List[bytes] = field(default_factory=list, repr=False)
+    retiring: bool = False
 
 
 @dataclass

@@ -222,3 +222,10 @@ def test_a_shared_servers_stale_connection_file_is_removed(tmp_path):
     os.unlink(path)
     _published(path, "stale", pid=gone.pid)
     assert shared_server(str(tmp_path / "shared")) is None and not os.path.exists(path)
+
+
+def test_an_accelerator_list_reaches_the_server_as_one_word_and_no_device_as_an_empty_one(tmp_path):
+    for value, word in (("0.0,0.1", "0.0,0.1"), ("", "")):
+        server = shlex.split(boot_command(launch(tmp_path), "/keys", "auto", {"accelerators": value}))
+        server = server[server.index("--") + 1:]
+        assert server[server.index("--accelerators") + 1] == word

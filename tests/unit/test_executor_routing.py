@@ -90,6 +90,15 @@ def test_prefetch_capacity_must_not_be_negative():
         DragonExecutor(prefetch_capacity=-1)
 
 
+def test_available_accelerators_are_checked_at_construction_and_kept_for_repr():
+    from parsl_dragon.errors import ConfigurationError
+    with pytest.raises(ConfigurationError, match="available_accelerators: device id '0 1'"):
+        DragonExecutor(available_accelerators=["0 1"])
+    executor = DragonExecutor(available_accelerators=["0.0", "0.1"])
+    assert executor._accelerators == ("0.0", "0.1") and "available_accelerators=['0.0', '0.1']" in repr(executor)
+    assert DragonExecutor(available_accelerators=2)._accelerators == ("0", "1")
+
+
 class ControlClient(RecordingClient):
     def __init__(self):
         super().__init__()

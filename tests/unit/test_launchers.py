@@ -29,6 +29,7 @@ from parsl.launchers import (
 from parsl.providers import PBSProProvider, SlurmProvider
 from typeguard import TypeCheckError
 
+from parsl_dragon.core.accelerators import parse_accelerators
 from parsl_dragon.driver.launchers import DragonLauncher, check_launcher, default_launcher
 from parsl_dragon.errors import ConfigurationError
 from parsl_dragon.server import address, boot, bootdir
@@ -216,6 +217,25 @@ def test_site_config_renders_a_one_runtime_job_script(path, monkeypatch, tmp_pat
     subprocess.run(["bash", "-n"], input=text, text=True, check=True)
 
 
+def test_site_configs_name_their_nodes_gpus(monkeypatch):
+    """Aurora's 12 tiles, Frontier's 8 GCDs, Polaris's and Perlmutter's 4 A100s; Perlmutter's CPU nodes none."""
+    monkeypatch.delenv("PARSL_DRAGON_NODE_TYPE", raising=False)
+    found = {}
+    for path in SITE_CONFIGS:
+        (executor,) = _load_config_module(path).fresh_config().executors
+        found[os.path.basename(path)] = parse_accelerators(executor.available_accelerators, "x")
+    aurora = found["pbs_aurora.py"]
+    assert len(aurora) == 12 and aurora[:2] == ("0.0", "0.1") and aurora[-1] == "5.1"
+    assert len(set(aurora)) == 12, "each tile is its own device"
+    assert found["slurm_frontier.py"] == tuple(str(i) for i in range(8))
+    assert found["pbs_polaris.py"] == ("0", "1", "2", "3")
+    assert found["slurm_perlmutter.py"] == ("0", "1", "2", "3"), "GPU nodes by default"
+    monkeypatch.setenv("PARSL_DRAGON_NODE_TYPE", "cpu")
+    cpu = _load_config_module(os.path.join(CONFIGS, "slurm_perlmutter.py")).fresh_config()
+    (executor,) = cpu.executors
+    assert executor.available_accelerators is None and executor.provider.constraint == "cpu"
+
+
 # ---------------------------------------------------------------- boot's side: one boot per block, its address
 
 def test_a_second_boot_of_the_same_block_exits(tmp_path, capsys, monkeypatch):
@@ -264,8 +284,8 @@ def test_auto_uses_the_resolved_host_name(network):
 
 
 def test_auto_skips_debians_loopback_host_entry_for_an_interface(network):
-    network({"node.example": "127.0.1.1", "node": "127.0.1.1"}, {"lo": "127.0.0.1", "down0": None,
-                                                                  "hsn0": "10.100.0.7"})
+    network({"node.example": "127.0.1.1", "node": "127.0.1.1"},
+            {"lo": "127.0.0.1", "down0": None, "hsn0": "10.100.0.7"})
     assert address.host_address("auto") == "10.100.0.7"
 
 

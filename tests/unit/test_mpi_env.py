@@ -128,3 +128,18 @@ def test_an_unknown_mpiexec_gets_no_label_option(tmp_path):
     fake.chmod(0o755)
     assert prefix.label_option(str(fake)) is None
     assert prefix.label_option(str(tmp_path / "missing")) is None
+
+
+def test_an_mpiexec_task_with_gpus_binds_each_rank_through_gpu_bind(monkeypatch):
+    from parsl_dragon.task import devices
+    from parsl_dragon.vocabulary import ENV_GPUS_PER_RANK, ENV_RANK_GPUS
+    spec = normalize_spec({"num_nodes": 2, "ranks_per_node": 2, "pmi": "mpiexec", "gpus_per_rank": 1})
+    placement = Placement(9, ("n1", "n2"), ((0, 1), (0, 1)), ((0, 1), (2, 3)))
+    monkeypatch.setattr(prefix, "label_option", lambda mpiexec: None)
+    with mpi_env.mpi_task(9, spec, placement, None, [["a", "b"], ["c", "d"]]):
+        env = dict(os.environ)
+    assert env["PARSL_MPI_PREFIX"].split()[-2:] == [prefix.bash(), devices.GPU_BIND_SCRIPT]
+    assert env[ENV_RANK_GPUS] == "n1=a,b;n2=c,d" and env[ENV_GPUS_PER_RANK] == "1"
+    assert ENV_RANK_GPUS not in os.environ
+    with mpi_env.mpi_task(10, SPEC, PLACEMENT):  # no GPUs: no binding, no variables
+        assert ENV_RANK_GPUS not in os.environ and devices.GPU_BIND_SCRIPT not in os.environ["PARSL_MPI_PREFIX"]

@@ -223,7 +223,10 @@ def test_job_from_uses_spec_and_placement():
     placement = Placement(9, ("n1", "n2"), (tuple(range(8)),) * 2, ((0, 1, 2, 3),) * 2)
     built = job_from(message, spec, placement, "/out")
     assert (built.hosts, built.ranks_per_node, built.pmi, built.cpus_per_rank) == (["n1", "n2"], 4, "none", 2)
-    assert built.cores == [list(range(8))] * 2 and built.gpus == [[0, 1, 2, 3]] * 2 and built.gpus_per_rank == 1
+    assert built.cores == [list(range(8))] * 2 and built.gpus == [["0", "1", "2", "3"]] * 2
+    assert built.gpus_per_rank == 1
+    tiles = job_from(message, spec, placement, "/out", ("0.0", "0.1", "1.0", "1.1"))
+    assert tiles.gpus == [["0.0", "0.1", "1.0", "1.1"]] * 2, "slot numbers become available_accelerators ids"
     assert built.cpu_bind and built.walltime == 30.0 and built.launcher_options == "--bind-to core"
     assert built.env == {"A": "1"} and built.output_dir == "/out"
 

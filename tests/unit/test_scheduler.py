@@ -132,3 +132,69 @@ def test_random_events_keep_workers_and_tasks_consistent(seed):
         for a in s.finished(task):
             running[a.task_id] = a.worker_id
     assert s.queued == 0, "everything submitted eventually ran"
+
+
+def test_a_serial_gpu_task_gets_its_placement_so_its_worker_can_bind_it():
+    s = TaskScheduler([NodeSlots("n1", 4, 2)])
+    for i in range(2):
+        s.worker_ready(f"w{i}", "n1")
+    one_gpu = normalize_spec({"gpus_per_rank": 1})
+    first, second = s.submit(1, one_gpu) + s.submit(2, one_gpu)
+    assert first.placement is not None and second.placement is not None
+    assert {first.placement.gpus, second.placement.gpus} == {((0,),), ((1,),)}, "two tasks, two devices"
+    assert s.submit(3, one_gpu) == [] and s.queued == 1, "no free device: it waits"
+    [third] = s.finished(1)
+    assert third.task_id == 3 and third.placement.gpus == ((0,),), "the freed device goes to the next task"
+
+
+def test_a_retiring_worker_finishes_its_task_then_leaves_and_its_replacement_takes_the_queue():
+    s = TaskScheduler([NodeSlots("n1", 4)])
+    s.worker_ready("w0", "n1")
+    [busy] = s.submit(1, SERIAL)
+    assert s.retire("w0") == [] and s.workers == 1, "still running task 1"
+    assert s.submit(2, SERIAL) == [] and s.queued == 1, "a retiring worker takes no new task"
+    assert s.finished(1) == [] and s.workers == 0, "gone with its last task"
+    assert s.worker_ready("w1", "n1") == [Assignment("w1", 2)], "the replacement takes the waiting task"
+    assert s.retire("w1") == [] and s.finished(2) == [] and s.workers == 0
+    s.worker_ready("w2", "n1")
+    assert s.retire("w2") == [] and s.workers == 0, "an idle worker leaves at once"
+    assert s.retire("unknown") == []
+    assert s.worker_lost("w0") == (None, []), "its exit later is nothing to report"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_retirements_lose_no_task(seed):
+    rng = random.Random(seed)
+    s = scheduler(nodes=[("n1", 4), ("n2", 4)], workers=2)
+    running, next_id, spare, retired = {}, 0, 0, set()
+    for _ in range(1500):
+        roll = rng.random()
+        if roll < 0.5:
+            next_id += 1
+            started = s.submit(next_id, rng.choice([SERIAL, MPI2]))
+        elif roll < 0.9 and running:
+            task = rng.choice(sorted(running))
+            del running[task]
+            started = s.finished(task)
+        elif roll < 0.95 and s.workers:
+            leaving = rng.choice(s.worker_ids())
+            retired.add(leaving)
+            started = s.retire(leaving)
+        else:
+            spare += 1
+            started = s.worker_ready(f"r{spare}", rng.choice(["n1", "n2"]))
+        for a in started:
+            assert a.worker_id not in running.values(), "a worker runs one task at a time"
+            assert a.worker_id not in retired, "a retired worker gets no new task"
+            running[a.task_id] = a.worker_id
+        assert s.running == len(running)
+    for host in ("n1", "n2"):
+        for i in range(2):
+            for a in s.worker_ready(f"last-{host}-{i}", host):
+                running[a.task_id] = a.worker_id
+    while running:
+        task = min(running)
+        del running[task]
+        for a in s.finished(task):
+            running[a.task_id] = a.worker_id
+    assert s.queued == 0, "everything submitted eventually ran"

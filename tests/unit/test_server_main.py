@@ -43,3 +43,18 @@ def test_a_timeout_flag_refuses_what_the_executor_refuses(tmp_path, value, capsy
     with pytest.raises(SystemExit):
         options(tmp_path, "--owner-timeout-ms", value)
     assert "--owner-timeout-ms" in capsys.readouterr().err
+
+
+def test_accelerators_flag_sets_the_slot_tables_gpu_count(tmp_path, capsys):
+    opts = options(tmp_path, "--accelerators", "0.0,0.1,1.0")
+    assert opts.accelerators == ("0.0", "0.1", "1.0") and opts.gpus_of(4) == 3
+    (tmp_path / "none").mkdir()
+    none = options(tmp_path / "none", "--accelerators", "")
+    assert none.accelerators == () and none.gpus_of(4) == 0
+    (tmp_path / "default").mkdir()
+    default = options(tmp_path / "default")
+    assert default.accelerators is None and default.gpus_of(4) == 4, "Dragon's count"
+    with pytest.raises(SystemExit):
+        main.build_parser().parse_args(["--connection-file", "c", "--log-file", "l", "--key-dir", "k",
+                                        "--accelerators", "0,bad id"])
+    assert "no commas or spaces" in capsys.readouterr().err

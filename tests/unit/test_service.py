@@ -368,3 +368,21 @@ def test_ranks_do_not_outlive_their_task(server, ending):
         assert reply.launch == 3 and "client is gone" in reply.error
     else:
         assert replies == [], "nobody waits for an answer any more"
+
+
+def test_a_retiring_worker_delivers_its_result_gets_no_new_task_and_its_exit_is_no_loss(server):
+    hello(server)
+    worker(server, "n1:1")
+    submit(server, 1, 2)
+    [first] = server.worker_links.sock.to(b"n1:1", p.SubmitTasks)
+    server._on_backend(b"n1:1", p.encode(p.TaskResults(
+        results=[p.TaskResult(task_id=first.tasks[0].task_id, status=p.OK)], payloads=[b"42"], retiring=True)))
+    [results] = server.clients.links.sock.to(b"c1", p.TaskResults)
+    assert [r.task_id for r in results.results] == [1], "the result reaches its client"
+    assert server.worker_links.sock.to(b"n1:1", p.SubmitTasks) == [first], "no second task for a retiring worker"
+    server.backend.dead = [(7, 0)]  # it exits, as it said it would
+    server._check_workers()
+    assert server.clients.links.sock.to(b"c1", p.TaskResults) == [results], "nothing failed as lost"
+    worker(server, "n1:2")  # the backend's replacement
+    [second] = server.worker_links.sock.to(b"n1:2", p.SubmitTasks)
+    assert second.tasks[0].task_id != first.tasks[0].task_id, "the waiting task goes to the new worker"

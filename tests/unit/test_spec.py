@@ -367,3 +367,12 @@ def test_from_wire_errors_stay_short():
     with pytest.raises(InvalidResourceSpecification) as info:
         TaskSpec.from_wire({f"k{i:05d}" + "z" * 1000: i for i in range(10_000)})
     assert len(info.value.invalid_keys) == 10 and len(str(info.value)) < 2000
+
+
+def test_check_fits_says_how_many_gpus_a_node_has_or_that_the_block_has_none():
+    with pytest.raises(InvalidResourceSpecification, match="largest node has 4") as info:
+        check_fits(normalize_spec({"gpus_per_rank": 5}), BLOCK)
+    assert "gpus_per_rank 5" in str(info.value)
+    with pytest.raises(InvalidResourceSpecification, match="this block has no GPUs") as info:
+        check_fits(normalize_spec({"gpus_per_rank": 1}), [NodeSlots("a", 8)])
+    assert _keys(info) == {"gpus_per_rank"} and "available_accelerators" in str(info.value)

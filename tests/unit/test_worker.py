@@ -1,8 +1,10 @@
 """The worker's side of a dropped link (server/worker.py): what it re-syncs and what it fails."""
+import os
 from collections import deque
 
 import zmq
 
+from parsl_dragon.core.accelerators import GPU_ENV_VARS
 from parsl_dragon.errors import PAYLOAD_TOO_LARGE, SERIALIZATION_ERROR, TASK_LOST
 from parsl_dragon.server import worker as worker_module
 from parsl_dragon.server.worker import Worker, lost_in_flight
@@ -25,6 +27,7 @@ def worker():
     w.queue = deque()
     w.results, w.payloads, w.batch_bytes = [], [], 0
     w.link_down, w.answered_since_resync = False, None
+    w.accelerators, w.retiring, w.stopping = None, False, False
     return w
 
 
@@ -87,3 +90,50 @@ def test_an_exception_that_cannot_be_serialized_fails_as_serialization_error(mon
 
 def test_the_worker_logs_under_its_module_name():
     assert worker_module.logger.name == worker_module.__name__ == "parsl_dragon.server.worker"
+
+
+def test_a_gpu_task_sees_its_own_devices_while_it_runs_and_the_next_task_does_not(monkeypatch):
+    from parsl_dragon.core.placement import Placement
+    from parsl_dragon.core.spec import TaskSpec
+    w = worker()
+    w.accelerators = ("0.0", "0.1", "1.0", "1.1")
+    seen = []
+    monkeypatch.setattr(worker_module, "run_task", lambda payload: (
+        seen.append({v: os.environ.get(v) for v in GPU_ENV_VARS}) or (p.OK, b"r", "")))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("ZE_AFFINITY_MASK", "the node's own")
+    gpu2 = TaskSpec(gpus_per_rank=2)
+    w.queue.append((p.TaskEntry(task_id=1, spec=gpu2, placement=Placement(1, ("n1",), ((0,),), ((2, 3),))), b""))
+    w.queue.append((p.TaskEntry(task_id=2), b""))  # no GPUs, no placement
+    w._run_one()
+    w._run_one()
+    assert seen[0] == dict.fromkeys(GPU_ENV_VARS, "1.0,1.1"), "all three variables, the ids of its slots"
+    assert seen[1] == {"CUDA_VISIBLE_DEVICES": None, "ROCR_VISIBLE_DEVICES": None,
+                       "ZE_AFFINITY_MASK": "the node's own"}, "the worker's environment is back"
+    assert [r.status for r in w.results] == [p.OK, p.OK]
+
+
+def test_a_gpu_task_that_leaves_a_gpu_runtime_in_the_worker_makes_it_retire(monkeypatch, tmp_path):
+    from parsl_dragon.core.placement import Placement
+    from parsl_dragon.core.spec import TaskSpec
+    from parsl_dragon.task import devices
+    maps = tmp_path / "maps"
+    maps.write_text("7f00-7f01 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6\n")
+    assert devices.gpu_runtime_loaded(str(maps)) is None
+    maps.write_text("7f00-7f01 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libcuda.so.550.54\n")
+    assert devices.gpu_runtime_loaded(str(maps)) == "libcuda.so.550.54"
+    assert devices.gpu_runtime_loaded(str(tmp_path / "absent")) is None
+
+    w = worker()
+    monkeypatch.setattr(worker_module, "run_task", lambda payload: (p.OK, b"r", ""))
+    monkeypatch.setattr(worker_module, "gpu_runtime_loaded", lambda: "libcuda.so.1")
+    w.queue.append((p.TaskEntry(task_id=4), b""))  # no GPUs: not looked at
+    w._run_one()
+    assert not w.retiring
+    gpu = TaskSpec(gpus_per_rank=1)
+    w.queue.append((p.TaskEntry(task_id=5, spec=gpu, placement=Placement(5, ("n1",), ((0,),), ((0,),))), b""))
+    w._run_one()
+    assert w.retiring and w.stopping, "the run loop ends once the queue is empty"
+    w._flush()
+    [sent] = w.socket.messages
+    assert sent.retiring and [r.task_id for r in sent.results] == [4, 5], "its results go out, marked"
