@@ -2,8 +2,10 @@
 
 Each block is one ``qsub`` job; ``DragonLauncher`` runs our boot command once on the
 first node, boot starts ``dragon -w pbs+pals`` over ``$PBS_NODEFILE``. A node: 2 Xeon
-Max CPUs (104 cores, 208 hardware threads) and 6 Intel Data Center GPU Max (12 tiles);
-GPU apps ask for them through ``parsl_resource_specification``.
+Max CPUs (104 cores, 208 hardware threads) and 6 Intel Data Center GPU Max (12 tiles).
+Each tile is one device here: ``available_accelerators`` lists ids ``"0.0"``, ``"0.1"`` ..
+``"5.1"`` (GPU.tile, as ``ZE_AFFINITY_MASK`` names them); GPU apps ask for them with
+``gpus_per_rank`` in ``parsl_resource_specification`` (docs/gpus.md).
 
 Environment used here:
 
@@ -46,6 +48,8 @@ def fresh_config() -> Config:
             label="dragon_aurora",
             provider=provider,
             workers_per_node=102,  # 104 cores minus 2 for Dragon's infrastructure
+            # 12 tiles as devices "0.0", "0.1" .. "5.1" (GPU.tile): one ZE_AFFINITY_MASK id each
+            available_accelerators=[f"{gpu}.{tile}" for gpu in range(6) for tile in range(2)],
             transport="hsta",      # Slingshot 11; "tcp" when debugging start-up
         )],
         strategy_period=5.0,

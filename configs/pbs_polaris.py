@@ -3,7 +3,8 @@
 Each block is one ``qsub`` job; ``DragonLauncher`` runs our boot command once on the
 job's first node (the mother superior), and boot starts ``dragon -w pbs+pals`` across the
 nodes in ``$PBS_NODEFILE`` for multi-node blocks. A node: 1 AMD EPYC 7543P (32 cores,
-64 hardware threads) and 4 A100s.
+64 hardware threads) and 4 A100s, devices ``"0"`` .. ``"3"`` (``available_accelerators=4``);
+GPU apps ask for them with ``gpus_per_rank`` in ``parsl_resource_specification`` (docs/gpus.md).
 
 Environment used here:
 
@@ -47,6 +48,7 @@ def fresh_config() -> Config:
             label="dragon_polaris",
             provider=provider,
             workers_per_node=30,  # 32 cores minus 2 for Dragon's infrastructure
+            available_accelerators=4,  # 4 A100s: CUDA_VISIBLE_DEVICES ids "0".."3"
             transport="hsta",     # Slingshot 11; "tcp" when debugging start-up
         )],
         strategy_period=5.0,

@@ -3,7 +3,8 @@
 Each block is one ``sbatch`` job; ``DragonLauncher`` runs our boot command once on the
 first node, boot starts ``dragon -w slurm`` across the job's nodes. Frontier reserves 8 of
 each node's 64 cores for the system (core specialization), leaving 56, and has 4 MI250X
-(8 GCDs) per node: GPU apps ask for them through ``parsl_resource_specification``.
+per node: 8 GCDs, each its own device ``"0"`` .. ``"7"`` (``available_accelerators=8``); GPU
+apps ask for them with ``gpus_per_rank`` in ``parsl_resource_specification`` (docs/gpus.md).
 
 Environment used here:
 
@@ -44,6 +45,7 @@ def fresh_config() -> Config:
             label="dragon_frontier",
             provider=provider,
             workers_per_node=54,  # 56 usable cores minus 2 for Dragon's infrastructure
+            available_accelerators=8,  # 4 MI250X = 8 GCDs: ROCR_VISIBLE_DEVICES ids "0".."7"
             transport="hsta",     # Slingshot 11 (libfabric cxi); "tcp" when debugging start-up
         )],
         strategy_period=5.0,
