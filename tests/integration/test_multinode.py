@@ -56,6 +56,10 @@ def drive(run_dir: str, report: str) -> None:
     def rank_hosts(parsl_resource_specification={}, stdout=None):
         return "$PARSL_MPI_PREFIX hostname"
 
+    @bash_app
+    def rank_gpus(parsl_resource_specification={}, stdout=None):
+        return "$PARSL_MPI_PREFIX sh -c 'echo $(hostname) $CUDA_VISIBLE_DEVICES $ZE_AFFINITY_MASK'"
+
     provider = SlurmProvider(
         partition=os.environ.get("PARSL_DRAGON_MN_PARTITION", "debug"), nodes_per_block=2, init_blocks=1,
         min_blocks=0, max_blocks=1, walltime="00:20:00", launcher=DragonLauncher(), cmd_timeout=60,
@@ -65,10 +69,11 @@ def drive(run_dir: str, report: str) -> None:
     # A ProcessGroup over two namespace nodes sharing 2 cores can take minutes to start its
     # ranks: the rank start-up guard gets 10 minutes here (default 60 s + 10 ms per rank).
     executor = DragonExecutor(provider=provider, workers_per_node=1, heartbeat_period=5.0, heartbeat_threshold=24,
-                              startup_timeout_ms=900_000, timeout_ms=120_000, rank_startup_timeout_ms=600_000)
+                              startup_timeout_ms=900_000, timeout_ms=120_000, rank_startup_timeout_ms=600_000,
+                              available_accelerators=["0.0", "0.1"])  # two tiles per node (no GPU here)
     dfk = parsl.load(Config(executors=[executor], run_dir=run_dir, strategy_period=0.5))
     result = {"hosts": [], "bash_host": None, "rank_hosts": None, "mpiexec_hosts": None, "job_id": None,
-              "startup_s": None, "ranks_s": None, "error": None}
+              "startup_s": None, "ranks_s": None, "gpu_ranks": {}, "error": None}
     started = time.monotonic()
     try:
         result["hosts"].append(host(0).result(timeout=DRIVER_TIMEOUT))
@@ -91,6 +96,13 @@ def drive(run_dir: str, report: str) -> None:
                    stdout=mpiexec_out).result(timeout=300)
         with open(mpiexec_out) as handle:
             result["mpiexec_hosts"] = sorted(line.strip() for line in handle if line.startswith("["))
+        for pmi in ("none", "mpiexec"):  # each rank bound to its node's devices (gpu_bind.sh finds its node)
+            gpus_out = os.path.join(run_dir, f"gpu_ranks_{pmi}.txt")
+            rank_gpus(parsl_resource_specification={"num_nodes": 2, "ranks_per_node": 1, "gpus_per_rank": 2,
+                                                    "pmi": pmi}, stdout=gpus_out).result(timeout=900)
+            with open(gpus_out) as handle:
+                result["gpu_ranks"][pmi] = sorted(line.split("] ", 1)[1].strip() for line in handle
+                                                  if line.startswith("["))
     except Exception as exc:  # reported, then the test fails with the logs
         result["error"] = f"{type(exc).__name__}: {exc}"
     finally:
@@ -178,6 +190,9 @@ def test_two_node_block_runs_tasks_on_both_nodes(mn_cluster, no_leaks, tmp_path)
         f"a num_nodes=2 task puts one rank on each node: {result['rank_hosts']}"
     assert [line.split("] ")[1] for line in result["mpiexec_hosts"]] == NODES, \
         f"pmi='mpiexec' puts one rank on each node, lines labelled: {result['mpiexec_hosts']}"
+    for pmi in ("none", "mpiexec"):
+        assert result["gpu_ranks"][pmi] == [f"{node} 0.0,0.1 0.0,0.1" for node in NODES], \
+            f"pmi={pmi}: each rank sees its node's two tiles: {result['gpu_ranks'][pmi]}"
     job_id = result["job_id"]
     wait_until(lambda: not _in_ctl(mn_cluster, "squeue", "-h", "-j", job_id, capture_output=True,
                                    text=True).stdout.strip(), 120, f"job {job_id} to leave the queue")
