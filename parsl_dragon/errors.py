@@ -16,7 +16,7 @@ Every error this package raises on purpose derives from Parsl's ``ExecutorError`
           ├── ServerLost                server stopped answering (retryable: resubmit)
           ├── WorkerLost                a worker died while running the task
           ├── TaskLost                  lost in flight when a link dropped and came back (retryable)
-          ├── PayloadTooLarge           arguments or result over one message's size limit
+          ├── PayloadTooLarge           arguments or result over max_payload_bytes
           └── ProtocolError             malformed or unknown message (also a ValueError)
 
 ``RankFailure`` is the exception of an MPI bash app whose ranks failed; it derives from
@@ -108,8 +108,8 @@ class TaskLost(DragonExecutorError):
 
 
 class PayloadTooLarge(DragonExecutorError):
-    """A task's packed arguments or its result exceed the size one message may have on our
-    links (``protocol.MAX_FRAME_BYTES``); the error names both sizes."""
+    """A task's arguments or result are larger than ``max_payload_bytes`` (a quarter of the
+    driver host's memory by default); the error names both sizes. Only that task fails."""
 
 
 class ProtocolError(DragonExecutorError, ValueError):

@@ -33,6 +33,7 @@ ENV_TIMEOUT = "PARSL_DRAGON_TIMEOUT"
 ENV_KEY_PATH = "PARSL_DRAGON_KEY_PATH"
 ENV_RANK_STARTUP_TIMEOUT = "PARSL_DRAGON_RANK_STARTUP_TIMEOUT"
 ENV_OWNER_TIMEOUT = "PARSL_DRAGON_OWNER_TIMEOUT"
+ENV_MAX_PAYLOAD = "PARSL_DRAGON_MAX_PAYLOAD"  # bytes; also server -> workers: the limit of a result
 
 # --- Environment: what we set for the processes we start -------------------------------------
 ENV_BLOCK_TOKEN = "PARSL_DRAGON_BLOCK_TOKEN"            # every process of a block (teardown finds them)
@@ -49,7 +50,7 @@ ENV_PMI_PROBLEM = "PARSL_DRAGON_PMI_PROBLEM"            # worker -> MPI task: wh
 ENV_ACCELERATORS = "PARSL_DRAGON_ACCELERATORS"          # server -> workers: available_accelerators, if set
 ENV_RANK_GPUS = "PARSL_DRAGON_RANK_GPUS"                # worker -> mpiexec task: "host=id,id;host=id,id"
 ENV_GPUS_PER_RANK = "PARSL_DRAGON_GPUS_PER_RANK"        # worker -> mpiexec task: its gpus_per_rank
-# --- Links: the most one frame may carry (wire/protocol.py checks it; receivers cap at it) --------
+# --- Links: the most one frame may carry (wire/protocol.py splits larger payloads; receivers cap at it) --
 LINK_MAX_FRAME_BYTES = 1 << 30  # what a sender puts in one frame at most
 # libzmq checks MAXMSGSIZE against the frame on the wire, which CURVE makes 33 bytes larger
 # ("\x07MESSAGE", nonce, MAC, flags); a receiver allows that on top, or a frame within 33 bytes
@@ -59,6 +60,10 @@ LINK_MAX_WIRE_FRAME_BYTES = LINK_MAX_FRAME_BYTES + CURVE_FRAME_OVERHEAD  # recei
 RANK_LINK_SUFFIX = "/ranks"  # a worker's rank link (task/rank_service.py) is "<worker id>/ranks"
 # What a process needs to open a worker link to its server (workers and their rank links, the radio).
 WORKER_LINK_VARS: Tuple[str, ...] = (ENV_WORKER_ADDRESS, ENV_WORKER_SECRET, ENV_WORKER_SERVER_KEY)
+
+# A payload (a task's arguments or result) may be as large as memory allows: the default limit is
+# this share of the driver host's memory (host/memory.py says why a quarter).
+MAX_PAYLOAD_MEMORY_SHARE = 4
 
 # --- Leases: both ends send a Heartbeat every period; a peer silent for period x threshold is lost --
 DEFAULT_HEARTBEAT_PERIOD_S = 5.0
@@ -101,6 +106,17 @@ def parse_timeout_ms(value: object, name: str) -> int:
     if ms == NO_LIMIT or ms > 0:
         return ms
     raise errors().ConfigurationError(f"{name} must be > 0 (milliseconds) or -1 (no limit), got {ms}")
+
+
+def parse_bytes(value: object, name: str) -> int:
+    """A size in bytes: a positive integer."""
+    try:
+        size = int(str(value).strip())
+    except ValueError as exc:
+        raise errors().ConfigurationError(f"{name} must be an integer number of bytes, got {value!r}") from exc
+    if size <= 0:
+        raise errors().ConfigurationError(f"{name} must be > 0 bytes, got {size}")
+    return size
 
 
 def timeout_seconds(ms: int) -> Optional[float]:

@@ -65,6 +65,7 @@ from parsl_dragon.driver.work_items import (
     handler_for,
 )
 from parsl_dragon.errors import SERVER_LOST, TASK_LOST, ProtocolError
+from parsl_dragon.wire import frames
 from parsl_dragon.wire import protocol as p
 from parsl_dragon.wire.connection import ConnectionInfo
 from parsl_dragon.wire.security import KeyPair
@@ -101,7 +102,7 @@ class DragonClient:
             LinkReconnected: self._on_link_reconnected}
         self._server_messages: Dict[type, Callable[[ServerLink, Any], None]] = {
             p.TaskResults: self._on_task_results, p.Heartbeat: self._on_heartbeat, p.Monitoring: self._on_monitoring,
-            p.SyncReply: self._on_sync_reply, p.ErrorReply: self._on_error_reply}
+            p.SyncReply: self._on_sync_reply, p.ErrorReply: self._on_error_reply, p.Incoming: self._on_incoming}
         self._waker_lock = threading.Lock()
         self._waker_out: Optional[zmq.Socket] = None
         self._waker_in: Optional[zmq.Socket] = None
@@ -223,7 +224,8 @@ class DragonClient:
                 ids = [t.task_id for t in batch.tasks]
                 self._inbox.put(TasksFailed(server_id, ids, SERVER_LOST, f"server {server_id} is gone"))
             else:
-                link.socket.send_multipart(p.encode(batch), copy=False)
+                for message in p.encode_with_notice(batch):  # a large batch is announced first
+                    link.socket.send_multipart(message, copy=False)
         batches.clear()
 
     def _on_add_link(self, command: AddLink, poller: zmq.Poller) -> None:
@@ -276,6 +278,9 @@ class DragonClient:
 
     def _on_heartbeat(self, link: ServerLink, message: p.Heartbeat) -> None:
         pass  # last_seen is renewed by every message
+
+    def _on_incoming(self, link: ServerLink, message: p.Incoming) -> None:
+        link.last_seen = time.monotonic() + frames.lease_extension(message.nbytes)  # nothing arrives before it
 
     def _on_monitoring(self, link: ServerLink, message: p.Monitoring) -> None:
         self._inbox.put(MonitoringArrived(message))

@@ -132,6 +132,9 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
     address : str, optional
         Address the server publishes for clients and workers. Default ``127.0.0.1`` for a
         block on this node alone, else ``auto`` (resolved on the node Dragon starts the server on).
+    max_payload_bytes : int, optional
+        Largest task arguments or result, in bytes (``PARSL_DRAGON_MAX_PAYLOAD``; default a
+        quarter of this host's memory). Larger ones fail their task with ``PayloadTooLarge``.
     prefetch_capacity : int
         Tasks a server may hold beyond its worker count (HTEX's meaning). The rest wait
         in the executor and go to whichever server has room first, so blocks that
@@ -150,7 +153,8 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
                  owner_timeout_ms: Optional[int] = None,
                  heartbeat_period: Union[int, float] = DEFAULT_HEARTBEAT_PERIOD_S,
                  heartbeat_threshold: int = DEFAULT_HEARTBEAT_THRESHOLD, address: Optional[str] = None,
-                 prefetch_capacity: int = DEFAULT_PREFETCH, worker_debug: bool = False,
+                 prefetch_capacity: int = DEFAULT_PREFETCH, max_payload_bytes: Optional[int] = None,
+                 worker_debug: bool = False,
                  block_error_handler: Union[bool, Callable] = True,
                  remote_monitoring_radio: Optional[RadioConfig] = None) -> None:
         self.in_allocation, self.allocation_nodes = in_allocation, allocation_nodes
@@ -163,8 +167,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         check_arguments(workers_per_node=workers_per_node, cores_per_node=cores_per_node, pmi=pmi,
                         heartbeat_period=heartbeat_period, heartbeat_threshold=heartbeat_threshold,
                         prefetch_capacity=prefetch_capacity)
-        self.label = label
-        self.workers_per_node_arg = workers_per_node
+        self.label, self.workers_per_node_arg = label, workers_per_node
         self.cores_per_node = cores_per_node
         self.available_accelerators = available_accelerators
         self._accelerators = parse_accelerators(available_accelerators, "available_accelerators")
@@ -172,11 +175,9 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         self.server_path, self.transport, self.key_path = server_path, transport, key_path
         self.startup_timeout_ms, self.timeout_ms = startup_timeout_ms, timeout_ms
         self.rank_startup_timeout_ms, self.owner_timeout_ms = rank_startup_timeout_ms, owner_timeout_ms
-        self.heartbeat_period = float(heartbeat_period)
-        self.heartbeat_threshold = heartbeat_threshold
-        self.address = address
-        self.prefetch_capacity = prefetch_capacity
-        self.worker_debug = worker_debug
+        self.heartbeat_period, self.heartbeat_threshold = float(heartbeat_period), heartbeat_threshold
+        self.address, self.prefetch_capacity, self.worker_debug = address, prefetch_capacity, worker_debug
+        self.max_payload_bytes = max_payload_bytes
         self.remote_monitoring_radio = remote_monitoring_radio or DragonRadio()
         self.settings: Optional[Settings] = None
         self._client: Optional[DragonClient] = None
@@ -188,8 +189,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         self._server_key: Optional[str] = None  # the only server public key this executor trusts
         self._attached = False
         self._early_blocks: Optional[List[str]] = None  # init_blocks launched by start(), not by the strategy
-        self._stopping = False
-        self._started = False
+        self._stopping = self._started = False
 
     # RepresentationMixin reads init args by name; workers_per_node is also Parsl's property.
     @property
@@ -206,7 +206,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         self.settings = resolve_settings(
             server_path=self.server_path, transport=self.transport, startup_timeout_ms=self.startup_timeout_ms,
             timeout_ms=self.timeout_ms, key_path=self.key_path, rank_startup_timeout_ms=self.rank_startup_timeout_ms,
-            owner_timeout_ms=self.owner_timeout_ms)
+            owner_timeout_ms=self.owner_timeout_ms, max_payload_bytes=self.max_payload_bytes)
         if self.provider is not None:
             check_launcher(getattr(self.provider, "launcher", None), getattr(self.provider, "nodes_per_block", None))
         client_keys = security.load_pair(self.settings.key_path, security.CLIENT)
@@ -268,6 +268,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
             "driver_host": socket.gethostname() if self.allocation is not None else None,
             "heartbeat_period": self.heartbeat_period, "heartbeat_threshold": self.heartbeat_threshold,
             "rank_startup_timeout_ms": self.settings.rank_startup_timeout_ms,
+            "max_payload_bytes": self.settings.max_payload_bytes,
             "workers_per_node": self.workers_per_node_arg, "cores_per_node": self.cores_per_node,
             "accelerators": None if self._accelerators is None else as_flag(self._accelerators),
             "debug": self.worker_debug}, driver_pid=os.getpid() if on_driver_host(self.provider) else None)
@@ -332,8 +333,8 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
             raise DragonExecutorError("executor is not running (start() not called or shut down)", self)
         spec = normalize_spec(resource_specification, default_pmi=self.pmi)
         payload = pack_apply_message(func, args, kwargs, buffer_threshold=BUFFER_THRESHOLD)
-        too_large = p.oversize_error(f"the packed task ({getattr(func, '__name__', 'app')} with its arguments)",
-                                     len(payload))
+        too_large = p.payload_error(f"the packed task ({getattr(func, '__name__', 'app')} with its arguments)",
+                                    len(payload), self.settings.max_payload_bytes)  # type: ignore[union-attr]
         if too_large:
             raise PayloadTooLarge(too_large, self)
         return self._table.submit(spec, payload)

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, TypeVar
 
 from parsl_dragon.errors import ConfigurationError
+from parsl_dragon.host.memory import default_max_payload_bytes
 from parsl_dragon.vocabulary import (
     DEFAULT_OWNER_TIMEOUT_MS,
     DEFAULT_RANK_STARTUP_TIMEOUT_MS,
@@ -18,12 +19,14 @@ from parsl_dragon.vocabulary import (
     DEFAULT_TIMEOUT_MS,
     DEFAULT_TRANSPORT,
     ENV_KEY_PATH,
+    ENV_MAX_PAYLOAD,
     ENV_OWNER_TIMEOUT,
     ENV_RANK_STARTUP_TIMEOUT,
     ENV_SERVER_PATH,
     ENV_STARTUP_TIMEOUT,
     ENV_TIMEOUT,
     ENV_TRANSPORT,
+    parse_bytes,
     parse_pmi,
     parse_timeout_ms,
     parse_transport,
@@ -81,6 +84,7 @@ class Settings:
     key_path: str
     rank_startup_timeout_ms: int = DEFAULT_RANK_STARTUP_TIMEOUT_MS
     owner_timeout_ms: int = DEFAULT_OWNER_TIMEOUT_MS
+    max_payload_bytes: int = field(default_factory=default_max_payload_bytes)
 
     @property
     def timeout_s(self) -> Optional[float]:
@@ -96,7 +100,7 @@ class Settings:
 def resolve_settings(*, server_path: Optional[str] = None, transport: Optional[str] = None,
                      startup_timeout_ms: Optional[int] = None, timeout_ms: Optional[int] = None,
                      key_path: Optional[str] = None, rank_startup_timeout_ms: Optional[int] = None,
-                     owner_timeout_ms: Optional[int] = None,
+                     owner_timeout_ms: Optional[int] = None, max_payload_bytes: Optional[int] = None,
                      env: Optional[Mapping[str, str]] = None) -> Settings:
     """Apply argument > environment > default to every setting and validate each one."""
     env = os.environ if env is None else env
@@ -112,6 +116,8 @@ def resolve_settings(*, server_path: Optional[str] = None, transport: Optional[s
                                          "rank_startup_timeout_ms"),
         owner_timeout_ms=_resolve(owner_timeout_ms, env, ENV_OWNER_TIMEOUT, DEFAULT_OWNER_TIMEOUT_MS,
                                   parse_timeout_ms, "owner_timeout_ms"),
+        max_payload_bytes=_resolve(max_payload_bytes, env, ENV_MAX_PAYLOAD, default_max_payload_bytes(), parse_bytes,
+                                   "max_payload_bytes"),
     )
     logger.debug("Resolved settings: %s", settings)
     return settings

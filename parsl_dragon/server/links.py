@@ -37,7 +37,8 @@ class Backlog:
 def try_send(sock: zmq.Socket, identity: bytes, message: p.Message) -> Optional[str]:
     """Send without blocking; why it was not sent (queue full, peer not connected), or None."""
     try:
-        sock.send_multipart([identity, *p.encode(message)], zmq.NOBLOCK)
+        for frames in p.encode_with_notice(message):  # a large message is announced first
+            sock.send_multipart([identity, *frames], zmq.NOBLOCK)
         return None
     except zmq.ZMQError as exc:
         if exc.errno in UNSENT:

@@ -28,6 +28,7 @@ class ServerOptions:
     host_address: str = LOOPBACK
     cores_per_node: Optional[int] = None
     accelerators: Optional[Accelerators] = None  # available_accelerators; None: Dragon's count per node
+    max_payload_bytes: Optional[int] = None  # the largest result a worker sends; None: the worker's default
     driver_host: Optional[str] = None  # the node the driver runs on (a block in its job): one core kept for it
     heartbeat_period: float = DEFAULT_HEARTBEAT_PERIOD_S
     heartbeat_threshold: int = DEFAULT_HEARTBEAT_THRESHOLD

@@ -49,6 +49,7 @@ from parsl_dragon.server.ranks import RankLaunches, job_from, refusal
 from parsl_dragon.server.taskbook import Task, TaskBook
 from parsl_dragon.server.worker_side import WorkerSide, bind_router
 from parsl_dragon.vocabulary import RANK_LINK_SUFFIX, timeout_seconds
+from parsl_dragon.wire import frames
 from parsl_dragon.wire import protocol as p
 from parsl_dragon.wire.connection import remove_connection
 
@@ -294,13 +295,12 @@ class Server:
                     len(message.task_ids), len(unknown))
         self._send_client(client.identity, p.SyncReply(unknown=unknown))
 
+    def _on_client_incoming(self, client: Session, message: p.Incoming) -> None:
+        client.last_seen = time.monotonic() + frames.lease_extension(message.nbytes)  # nothing arrives before it
+
     _client_handlers: Dict[type, Callable[["Server", Session, p.Message], None]] = {
-        p.SubmitTasks: _on_submit_tasks,
-        p.Heartbeat: _on_client_heartbeat,
-        p.Goodbye: _on_goodbye,
-        p.Shutdown: _on_shutdown,
-        p.Sync: _on_sync,
-    }
+        p.SubmitTasks: _on_submit_tasks, p.Heartbeat: _on_client_heartbeat, p.Goodbye: _on_goodbye,
+        p.Shutdown: _on_shutdown, p.Sync: _on_sync, p.Incoming: _on_client_incoming}
 
     def _drop_client(self, identity: bytes) -> None:
         """Forget a client and its backlog; its queued tasks are dropped (running ones finish,

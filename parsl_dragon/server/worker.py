@@ -13,10 +13,11 @@ sends ``WorkerResync``; the server answers with the tasks it thinks this worker 
 (``ResyncMark``), and those the worker neither holds nor answered since are failed with
 ``TaskLost``: a task or a result inside the dead connection is never waited for in silence.
 
-Results are batched so that short tasks cost one message per batch, not per task. A
-result larger than one message may be (``protocol.MAX_FRAME_BYTES``) is never sent: the
-server would cut the link and the result would be lost without a word; the task fails
-with ``PayloadTooLarge`` naming its size instead, and the worker goes on.
+Results are batched so that short tasks cost one message per batch, not per task, and a
+batch goes out once it holds 64 MiB. A result of any size travels (``wire/frames.py`` splits
+it into frames the links carry) up to ``max_payload_bytes`` (the server passes it in
+``PARSL_DRAGON_MAX_PAYLOAD``); a larger one is never sent: the task fails with
+``PayloadTooLarge`` naming its size and the limit, and the worker goes on.
 """
 from __future__ import annotations
 
@@ -32,10 +33,13 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from parsl_dragon.errors import PAYLOAD_TOO_LARGE, SERIALIZATION_ERROR, TASK_LOST, RankFailure
+from parsl_dragon.host.memory import default_max_payload_bytes
 from parsl_dragon.server import pmi
 from parsl_dragon.task.devices import block_accelerators, devices_per_host, gpu_binding, gpu_runtime_loaded
 from parsl_dragon.task.mpi_env import mpi_task, read_report
 from parsl_dragon.task.rank_service import RankService
+from parsl_dragon.vocabulary import ENV_MAX_PAYLOAD
+from parsl_dragon.wire import frames
 from parsl_dragon.wire import protocol as p
 from parsl_dragon.wire.security import make_worker_link
 
@@ -92,6 +96,12 @@ def run_task(payload: bytes, report: Optional[str] = None) -> Tuple[str, bytes, 
             return p.FAILED, b"", f"task raised an exception that could not be serialized: {exc!r}"
 
 
+def max_payload_bytes(env) -> int:
+    """The largest result this worker sends: the server's ``PARSL_DRAGON_MAX_PAYLOAD``, else the default."""
+    value = env.get(ENV_MAX_PAYLOAD, "")
+    return int(value) if value.isdigit() and int(value) > 0 else default_max_payload_bytes()
+
+
 def lost_in_flight(assigned: Iterable[int], held: Set[int]) -> List[int]:
     """The tasks the server has sent us (``assigned``) that we neither hold nor answered
     after our ``WorkerResync``: lost in the dropped connection, one way or the other."""
@@ -124,6 +134,7 @@ class Worker:
         self.retiring = False  # a GPU runtime bound this process to one task's devices: exit, be replaced
         self.ranks: Optional[RankService] = None  # opened at the first task whose ranks Dragon starts
         self.accelerators = block_accelerators()  # what the slot table's GPU numbers stand for
+        self.max_payload = max_payload_bytes(os.environ)
 
     def run(self) -> None:
         puid = int(os.environ.get("DRAGON_MY_PUID", "0") or 0)
@@ -205,7 +216,7 @@ class Worker:
         if entry.spec.gpus_per_rank and not self.retiring:
             self._retire_if_bound(entry.task_id)
         error_type = SERIALIZATION_ERROR if error else ""
-        too_large = p.oversize_error(f"the result of task {entry.task_id}", len(outcome))
+        too_large = frames.payload_error(f"the result of task {entry.task_id}", len(outcome), self.max_payload)
         if too_large:
             logger.error("%s", too_large)
             status, outcome, error_type, error = p.FAILED, b"", PAYLOAD_TOO_LARGE, too_large

@@ -21,6 +21,7 @@ from parsl_dragon.server.auth import WORKER_DOMAIN, start_authenticator
 from parsl_dragon.server.options import ServerOptions
 from parsl_dragon.vocabulary import (
     ENV_ACCELERATORS,
+    ENV_MAX_PAYLOAD,
     ENV_SERVER_ID,
     ENV_WORKER_ADDRESS,
     ENV_WORKER_SECRET,
@@ -81,6 +82,8 @@ class WorkerSide:
         env = worker_environment(self.address, self.keys.secret, self.server_id, options.block_id)
         if options.accelerators is not None:  # the ids the slot table's GPU numbers stand for
             env[ENV_ACCELERATORS] = as_flag(options.accelerators)
+        if options.max_payload_bytes is not None:
+            env[ENV_MAX_PAYLOAD] = str(options.max_payload_bytes)
         self.workers = backend.start_workers(self.address, env, options.cwd)
         logger.info("Launching %d workers on %s; backend at %s", self.workers, backend.hostnames(), self.address)
 

@@ -5,6 +5,11 @@ Wire format (one ZeroMQ multipart message)::
     frame 0      : 1 byte protocol version | UTF-8 JSON object {"type": "<Name>", <fields>}
     frame 1..n   : opaque payloads (pickled task buffers / results / monitoring records)
 
+A payload larger than :data:`MAX_FRAME_BYTES` travels as consecutive frames of at most that
+size; the header then says how many frames each payload took (``"chunks": [1, 3, 1]``) and
+the receiver joins them. No payload is too large for the links: what bounds one is memory
+(``max_payload_bytes``, checked by the sender that makes it: ``wire/frames.py``).
+
 Only payload frames may hold pickled data, and they are only unpickled by Parsl's
 own serializer on the side that owns the task; control fields are JSON and are
 never unpickled. Messages with payloads (``SubmitTasks``, ``TaskResults``,
@@ -33,9 +38,8 @@ Client <-> server: ``Hello`` -> ``Welcome`` | ``Refused``; then ``SubmitTasks``,
 whose link was re-established sends ``Sync`` with the tasks it still waits for; the
 server answers with those it does not hold (lost in flight), which the client fails.
 
-Every frame must stay within :data:`MAX_FRAME_BYTES`: libzmq drops the *connection* of a
-peer whose frame exceeds the receiver's ``MAXMSGSIZE`` and the frame is gone, so senders
-check sizes before sending (:func:`oversize_error`).
+Every frame stays within :data:`MAX_FRAME_BYTES`: libzmq drops the *connection* of a peer
+whose frame exceeds the receiver's ``MAXMSGSIZE``, so :func:`encode` splits large payloads.
 Worker <-> server: ``WorkerReady``, ``TaskResults`` from workers; ``SubmitTasks``,
 ``StopWorker`` from the server; after a reconnect ``WorkerResync`` -> ``ResyncMark``.
 Worker <-> server, over the worker's rank link (a second link a worker opens for its MPI
@@ -57,13 +61,14 @@ from parsl_dragon.core.placement import Placement
 from parsl_dragon.core.spec import TaskSpec
 from parsl_dragon.errors import ProtocolError
 from parsl_dragon.vocabulary import LINK_MAX_FRAME_BYTES, LINK_MAX_WIRE_FRAME_BYTES
+from parsl_dragon.wire.frames import CHUNKS, NOTICE_BYTES, join, payload_error, split  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
 PYTHON_VERSION = "%d.%d" % sys.version_info[:2]
 MAX_HEADER_BYTES = 64 * 1024 * 1024
-MAX_FRAME_BYTES = LINK_MAX_FRAME_BYTES  # the most a sender puts in one frame (oversize_error checks it)
+MAX_FRAME_BYTES = LINK_MAX_FRAME_BYTES  # the most a sender puts in one frame (frames.split)
 MAX_WIRE_FRAME_BYTES = LINK_MAX_WIRE_FRAME_BYTES  # receivers' MAXMSGSIZE
 
 # result status values in TaskResult.status
@@ -176,6 +181,15 @@ class TaskResults(Message):
     results: List[TaskResult]
     payloads: List[bytes] = field(default_factory=list, repr=False)
     retiring: bool = False
+
+
+@dataclass
+class Incoming(Message):
+    """The next message on this link carries ``nbytes`` of payloads: the receiver's lease on the
+    sender is extended for the transfer (``frames.lease_extension``), since nothing else, not
+    even a heartbeat, can arrive before that message has arrived whole."""
+
+    nbytes: int
 
 
 @dataclass
@@ -301,8 +315,8 @@ def _nested_json(item: Any) -> Dict[str, Any]:
     return item.to_wire() if isinstance(item, TaskEntry) else dict(item.__dict__)
 
 
-def encode(message: Message) -> List[bytes]:
-    """Turn a message into frames (header + payloads)."""
+def encode(message: Message) -> List[Any]:
+    """Turn a message into frames (header + payloads, a large payload in several frames)."""
     body: Dict[str, Any] = {"type": type(message).__name__}
     payloads: List[bytes] = []
     for f in fields(message):  # type: ignore[arg-type]
@@ -313,8 +327,11 @@ def encode(message: Message) -> List[bytes]:
             body[f.name] = [_nested_json(item) for item in value]
         else:
             body[f.name] = value
+    frames, counts = split(payloads)
+    if len(frames) != len(payloads):
+        body[CHUNKS] = counts
     header = bytes([PROTOCOL_VERSION]) + json.dumps(body, separators=(",", ":")).encode()
-    return [header, *payloads]
+    return [header, *frames]
 
 
 _JSON_TYPES: Dict[Any, Any] = {int: int, float: (int, float), str: str, bool: bool, list: list, dict: dict}
@@ -354,6 +371,13 @@ def _build(cls: Type[Any], data: Dict[str, Any], where: str) -> Any:
         raise ProtocolError(f"malformed {where}: {exc}") from exc
 
 
+def encode_with_notice(message: Message) -> List[List[Any]]:
+    """The frames of ``message``, after those of an ``Incoming`` notice if its payloads are large."""
+    nbytes = sum(len(payload) for payload in getattr(message, "payloads", ()))
+    notice = [encode(Incoming(nbytes=nbytes))] if nbytes > NOTICE_BYTES else []
+    return [*notice, encode(message)]
+
+
 def decode(frames: List[bytes]) -> Message:
     """Turn frames back into a typed message, or raise :class:`ProtocolError`."""
     if not frames or not frames[0]:
@@ -370,6 +394,7 @@ def decode(frames: List[bytes]) -> Message:
     if not isinstance(body, dict) or not isinstance(body.get("type"), str):
         raise ProtocolError("header has no message type")
     name = body.pop("type")
+    counts = body.pop(CHUNKS, None)
     cls = Message.registry.get(name)
     if cls is None:
         raise ProtocolError(f"unknown message type {name[:64]!r}")
@@ -380,22 +405,13 @@ def decode(frames: List[bytes]) -> Message:
             body[key] = [_build(item_cls, item, f"{name}.{key}[]") for item in body[key]]
     message = _build(cls, body, name)
     if cls.has_payloads:
-        message.payloads = list(frames[1:])
+        message.payloads = join(name, frames[1:], counts)
         entries = getattr(message, "tasks", getattr(message, "results", None))
         if entries is not None and len(entries) != len(message.payloads):
             raise ProtocolError(f"{name} has {len(entries)} entries but {len(message.payloads)} payloads")
-    elif len(frames) > 1:
+    elif len(frames) > 1 or counts is not None:
         raise ProtocolError(f"{name} carries no payloads but {len(frames) - 1} were sent")
     return message
-
-
-def oversize_error(what: str, size: int) -> Optional[str]:
-    """Why a frame of ``size`` bytes cannot be sent (None if it can), naming size and limit."""
-    if size <= MAX_FRAME_BYTES:
-        return None
-    return (f"{what} is {size:,} bytes ({size / 2**30:.2f} GiB), over the {MAX_FRAME_BYTES:,}-byte "
-            f"({MAX_FRAME_BYTES / 2**30:.0f} GiB) limit of one message on parsl-dragon's links; "
-            "pass large data through files or shared storage instead")
 
 
 def check_versions(hello: Hello, parsl_version: str, python_version: str) -> Optional[str]:

@@ -129,19 +129,52 @@ def test_a_connection_file_with_a_foreign_server_key_is_refused(shared_server, t
 GIB = 1 << 30
 
 
-def test_a_result_over_the_message_limit_fails_its_task_and_the_worker_goes_on(patient_server):
-    future = giant_result(int(1.25 * GIB))
-    with pytest.raises(PayloadTooLarge, match=r"result of task \d+ is 1,342,17\d,\d+ bytes \(1.25 GiB\)"):
-        future.result(timeout=300)
-    assert ready().result(timeout=60) == "ready", "the worker and its link survived"
+@python_app
+def patterned(n_bytes):
+    """``n_bytes`` whose byte i is i % 251 (a prime: a frame shifted by a whole chunk shows)."""
+    pattern = bytes(range(251))
+    return (pattern * (n_bytes // 251 + 1))[:n_bytes]
 
 
-def test_an_argument_over_the_message_limit_fails_at_once(patient_server):
-    started = time.monotonic()
-    with pytest.raises(PayloadTooLarge, match=r"1 GiB\) limit"):
-        length_of(b"y" * int(1.25 * GIB)).result(timeout=60)
-    assert time.monotonic() - started < 60
+@python_app
+def digest(data):
+    import hashlib
+    return len(data), hashlib.sha256(data).hexdigest()
+
+
+def _pattern(n_bytes):
+    return (bytes(range(251)) * (n_bytes // 251 + 1))[:n_bytes]
+
+
+def test_a_result_of_2_5_gib_arrives_intact_through_frames_of_1_gib(patient_server):
+    size = int(2.5 * GIB)
+    data = patterned(size).result(timeout=900)
+    assert len(data) == size
+    for at in (0, 1, GIB - 1, GIB, GIB + 1, 2 * GIB - 1, 2 * GIB, 2 * GIB + 1, size - 1, 12345678, size // 3):
+        assert data[at] == at % 251, f"byte {at}: the frames were joined out of order"
+    del data
+    assert ready().result(timeout=60) == "ready", "the worker and its link go on"
+
+
+def test_an_argument_of_2_5_gib_arrives_intact(patient_server):
+    import hashlib
+    data = _pattern(int(2.5 * GIB))
+    expected = (len(data), hashlib.sha256(data).hexdigest())
+    assert digest(data).result(timeout=900) == expected
+    del data
     assert ready().result(timeout=60) == "ready"
+
+
+def test_a_payload_over_max_payload_bytes_fails_its_own_task_only(load_dfk):
+    load_dfk(max_payload_bytes=1 << 20, heartbeat_threshold=30)
+    with pytest.raises(PayloadTooLarge, match=r"result of task \d+ is 2,097,1\d\d bytes \(2.0 MiB\), over "
+                                              r"max_payload_bytes 1,048,576 \(1.0 MiB"):
+        giant_result(2 << 20).result(timeout=120)
+    started = time.monotonic()
+    with pytest.raises(PayloadTooLarge, match=r"packed task \(length_of with its arguments\) is [\d,]+ bytes"):
+        length_of(b"y" * (2 << 20)).result(timeout=60)
+    assert time.monotonic() - started < 30, "refused at submit"
+    assert length_of(b"y" * 1000).result(timeout=60) == 1000, "the block goes on"
 
 
 @python_app

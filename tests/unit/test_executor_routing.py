@@ -164,13 +164,15 @@ def test_task_lost_from_a_sync_fails_the_future_with_task_lost():
         future.result()
 
 
-def test_an_argument_over_the_message_limit_is_refused_at_submit(monkeypatch):
+def test_an_argument_over_max_payload_bytes_is_refused_at_submit():
+    from parsl_dragon.driver.settings import resolve_settings
     from parsl_dragon.errors import PayloadTooLarge
-    monkeypatch.setattr(p, "MAX_FRAME_BYTES", 10_000)
-    executor = DragonExecutor()
+    executor = DragonExecutor(max_payload_bytes=10_000)
+    executor.settings = resolve_settings(max_payload_bytes=executor.max_payload_bytes, env={})
     executor._client = RecordingClient()
     executor._started = True
-    with pytest.raises(PayloadTooLarge, match=r"packed task \(len with its arguments\) is [\d,]+ bytes"):
+    with pytest.raises(PayloadTooLarge, match=r"packed task \(len with its arguments\) is [\d,]+ bytes .* over "
+                                              r"max_payload_bytes 10,000"):
         executor.submit(len, {}, b"z" * 20_000)
     assert executor.outstanding() == 0 and executor._client.sent == []
     assert executor.submit(len, {}, b"z").parsl_executor_task_id == 1

@@ -14,6 +14,7 @@ from parsl.executors.errors import ExecutorError, InvalidResourceSpecification
 from parsl_dragon.core.placement import Placement
 from parsl_dragon.core.spec import TaskSpec, normalize_spec
 from parsl_dragon.errors import ProtocolError
+from parsl_dragon.wire import frames
 from parsl_dragon.wire import protocol as p
 
 
@@ -46,6 +47,7 @@ def _samples():
                                   error_type="WorkerLost", error="worker died")],
             payloads=[pickle.dumps(42), pickle.dumps(ValueError("x")), b""]),
         "Monitoring": p.Monitoring(payloads=[b"rec-1", b"rec-2", b"rec-3"]),
+        "Incoming": p.Incoming(nbytes=3 << 30),
         "Heartbeat": p.Heartbeat(sent=1732435200.25, workers=4, running=3, queued=11),
         "Goodbye": p.Goodbye(),
         "Shutdown": p.Shutdown(reason="owner exiting"),
@@ -424,8 +426,47 @@ def test_error_reply_says_what_kind_of_refusal_it_is():
     assert decoded.code == p.NO_SESSION and len({p.REJECTED, p.NO_SESSION, p.STOPPING}) == 3
 
 
-def test_oversize_error_names_the_size_and_the_limit():
-    assert p.oversize_error("the result", p.MAX_FRAME_BYTES) is None
-    text = p.oversize_error("the result of task 7", int(1.25 * 2**30))
+def test_payload_error_names_the_size_the_limit_and_the_setting():
+    assert frames.payload_error("the result", 2**30, 2**30) is None
+    text = frames.payload_error("the result of task 7", int(1.25 * 2**30), 2**30)
     assert "the result of task 7 is 1,342,177,280 bytes (1.25 GiB)" in text
-    assert f"{p.MAX_FRAME_BYTES:,}-byte (1 GiB) limit" in text
+    assert "over max_payload_bytes 1,073,741,824 (1.00 GiB" in text and "PARSL_DRAGON_MAX_PAYLOAD" in text
+    assert "is 3,145,728 bytes (3.0 MiB), over max_payload_bytes 1,048,576 (1.0 MiB" in \
+        frames.payload_error("it", 3 << 20, 1 << 20)
+
+
+@pytest.mark.parametrize("sizes", [[0], [10], [11], [25, 3, 30, 10], [3, 4], [100]])
+def test_a_payload_of_any_size_travels_in_frames_the_links_carry(monkeypatch, sizes):
+    monkeypatch.setattr(frames, "MAX_FRAME_BYTES", 10)
+    payloads = [bytes([65 + i]) * n for i, n in enumerate(sizes)]
+    message = p.TaskResults(results=[p.TaskResult(task_id=i, status=p.OK) for i in range(len(sizes))],
+                            payloads=payloads)
+    wire = p.encode(message)
+    assert all(len(frame) <= 10 for frame in wire[1:]), "no frame over the limit"
+    assert len(wire) - 1 == sum(max(1, -(-n // 10)) for n in sizes)
+    assert (b'"chunks"' in wire[0]) == any(n > 10 for n in sizes), "the header says so only when needed"
+    decoded = p.decode([bytes(frame) for frame in wire])
+    assert decoded.payloads == payloads and [r.task_id for r in decoded.results] == list(range(len(sizes)))
+
+
+@pytest.mark.parametrize("chunks", [[2], [1, 1, 1], [0, 2], ["2"], 2, [True, 1], [-1, 3]])
+def test_chunk_counts_that_do_not_match_the_frames_are_refused(chunks):
+    header = _header({"type": "TaskResults", "results": [{"task_id": 1, "status": "ok"},
+                                                         {"task_id": 2, "status": "ok"}], "chunks": chunks})
+    with pytest.raises(ProtocolError, match="chunks|2 entries but 1 payloads"):
+        p.decode([header, b"a", b"b"])
+
+
+def test_chunk_counts_on_a_message_without_payloads_are_refused():
+    with pytest.raises(ProtocolError, match="carries no payloads"):
+        p.decode([_header({"type": "Heartbeat", "sent": 1.0, "chunks": [1]})])
+
+
+def test_a_large_message_is_announced_and_its_receiver_waits_for_it_longer():
+    small = p.TaskResults(results=[p.TaskResult(task_id=1, status=p.OK)], payloads=[b"r"])
+    assert [p.decode(f) for f in p.encode_with_notice(small)] == [small], "no notice for a small one"
+    big = p.TaskResults(results=[p.TaskResult(task_id=2, status=p.OK)], payloads=[b"\0" * (frames.NOTICE_BYTES + 1)])
+    notice, message = [p.decode(f) for f in p.encode_with_notice(big)]
+    assert notice == p.Incoming(nbytes=frames.NOTICE_BYTES + 1) and message.payloads == big.payloads
+    assert p.encode_with_notice(p.Heartbeat(sent=1.0)) == [p.encode(p.Heartbeat(sent=1.0))]
+    assert frames.lease_extension(2560 << 20) == 256.0, "2.5 GiB at 10 MiB/s"

@@ -386,3 +386,11 @@ def test_a_retiring_worker_delivers_its_result_gets_no_new_task_and_its_exit_is_
     worker(server, "n1:2")  # the backend's replacement
     [second] = server.worker_links.sock.to(b"n1:2", p.SubmitTasks)
     assert second.tasks[0].task_id != first.tasks[0].task_id, "the waiting task goes to the new worker"
+
+
+def test_a_client_announcing_a_large_message_is_not_dropped_while_it_arrives(server):
+    hello(server)
+    server._on_frontend(b"c1", p.encode(p.Incoming(nbytes=1 << 30)))
+    later = time.monotonic() + LEASE + 5
+    assert server.clients.silent(later, LEASE) == [], "a 1 GiB message may take 100 s at 10 MiB/s"
+    assert server.clients.silent(time.monotonic() + 200, LEASE) != [], "but not forever"

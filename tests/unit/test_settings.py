@@ -11,6 +11,7 @@ from parsl_dragon.errors import ConfigurationError, DragonExecutorError
 
 # ---------------------------------------------------------------- defaults
 
+
 def test_defaults_with_empty_environment():
     result = s.resolve_settings(env={})
     assert result.server_path is None
@@ -238,3 +239,24 @@ def test_owner_timeout_follows_argument_environment_default():
     assert s.resolve_settings(owner_timeout_ms=5000, env={ENV_OWNER_TIMEOUT: "-1"}).owner_timeout_ms == 5000
     with pytest.raises(ConfigurationError, match="owner_timeout_ms"):
         s.resolve_settings(owner_timeout_ms=0, env={})
+
+
+def test_max_payload_bytes_argument_environment_default_and_refusals(monkeypatch):
+    from parsl_dragon.host import memory
+    both = {"PARSL_DRAGON_MAX_PAYLOAD": "8192"}
+    assert s.resolve_settings(max_payload_bytes=4096, env=both).max_payload_bytes == 4096
+    assert s.resolve_settings(env={"PARSL_DRAGON_MAX_PAYLOAD": "8192"}).max_payload_bytes == 8192
+    total = memory.total_memory_bytes()
+    assert total and s.resolve_settings(env={}).max_payload_bytes == total // 4, "a quarter of this host's memory"
+    for bad in ("0", "-5", "lots"):
+        with pytest.raises(ConfigurationError, match="PARSL_DRAGON_MAX_PAYLOAD"):
+            s.resolve_settings(env={"PARSL_DRAGON_MAX_PAYLOAD": bad})
+    monkeypatch.setattr(memory, "total_memory_bytes", lambda: None)
+    assert memory.default_max_payload_bytes() == memory.FALLBACK_MEMORY_BYTES // 4
+
+
+def test_total_memory_is_read_from_meminfo(tmp_path):
+    from parsl_dragon.host import memory
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24683372 kB\nMemFree:  1 kB\n")
+    assert memory.total_memory_bytes(str(meminfo)) == 24683372 * 1024

@@ -28,6 +28,7 @@ def worker():
     w.results, w.payloads, w.batch_bytes = [], [], 0
     w.link_down, w.answered_since_resync = False, None
     w.accelerators, w.retiring, w.stopping = None, False, False
+    w.max_payload = 1 << 30
     return w
 
 
@@ -68,15 +69,18 @@ def test_a_mark_without_a_question_changes_nothing():
     assert w.results == []
 
 
-def test_a_result_over_the_message_limit_fails_as_payload_too_large(monkeypatch):
+def test_a_result_over_max_payload_bytes_fails_as_payload_too_large(monkeypatch):
     w = worker()
-    monkeypatch.setattr(p, "MAX_FRAME_BYTES", 100)
+    w.max_payload = 100
     monkeypatch.setattr(worker_module, "run_task", lambda payload: (p.OK, b"r" * 1000, ""))
     w.queue.append((p.TaskEntry(task_id=3), b"payload"))
     w._run_one()
     [result] = w.results
     assert (result.task_id, result.status, result.error_type) == (3, p.FAILED, PAYLOAD_TOO_LARGE)
-    assert "result of task 3" in result.error and w.payloads == [b""]
+    assert "result of task 3 is 1,000 bytes" in result.error and "over max_payload_bytes 100" in result.error
+    assert w.payloads == [b""]
+    assert worker_module.max_payload_bytes({"PARSL_DRAGON_MAX_PAYLOAD": "4096"}) == 4096
+    assert worker_module.max_payload_bytes({"PARSL_DRAGON_MAX_PAYLOAD": "x"}) > 0, "unusable: the default"
 
 
 def test_an_exception_that_cannot_be_serialized_fails_as_serialization_error(monkeypatch):
