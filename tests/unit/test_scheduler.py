@@ -100,6 +100,16 @@ def test_worker_on_unknown_host_is_rejected():
         s.worker_ready("w", "elsewhere")
 
 
+def _run_to_the_end(s, running):
+    """Finish the running tasks, oldest first, and whatever they let start; nothing stays queued."""
+    while running:
+        task = min(running)
+        del running[task]
+        for a in s.finished(task):
+            running[a.task_id] = a.worker_id
+    assert s.queued == 0, "everything submitted eventually ran"
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_random_events_keep_workers_and_tasks_consistent(seed):
     rng = random.Random(seed)
@@ -126,12 +136,7 @@ def test_random_events_keep_workers_and_tasks_consistent(seed):
             assert a.worker_id not in running.values(), "a worker runs one task at a time"
             running[a.task_id] = a.worker_id
         assert s.running == len(running)
-    while running:
-        task = min(running)
-        del running[task]
-        for a in s.finished(task):
-            running[a.task_id] = a.worker_id
-    assert s.queued == 0, "everything submitted eventually ran"
+    _run_to_the_end(s, running)
 
 
 def test_a_serial_gpu_task_gets_its_placement_so_its_worker_can_bind_it():
@@ -192,9 +197,4 @@ def test_random_retirements_lose_no_task(seed):
         for i in range(2):
             for a in s.worker_ready(f"last-{host}-{i}", host):
                 running[a.task_id] = a.worker_id
-    while running:
-        task = min(running)
-        del running[task]
-        for a in s.finished(task):
-            running[a.task_id] = a.worker_id
-    assert s.queued == 0, "everything submitted eventually ran"
+    _run_to_the_end(s, running)
