@@ -3,9 +3,10 @@
 ``DragonExecutor(available_accelerators=...)`` has the meaning and types of HTEX's setting:
 
 * an int ``n``: devices ``"0"`` .. ``"n-1"`` on every node;
-* a list of strings (ints are taken as their text): those ids, in that order; tiles such as
-  ``"0.0"``, ``"0.1"`` (Aurora's PVC) are ids like any other; an id listed twice is a device
-  two tasks may share (MPS-style), as in HTEX;
+* a list of strings: those ids, in that order; tiles such as ``"0.0"``, ``"0.1"`` (Aurora's
+  PVC) are ids like any other; an id listed twice is a device two tasks may share (MPS-style),
+  as in HTEX (the executor takes strings only, as HTEX's type says; this parser also takes
+  ints in a list, as their text);
 * None (the default): what Dragon reports for each node, ids ``"0"`` .. ``"n-1"``.
 
 The slot table counts GPUs as slot indexes ``0..len(ids)-1`` per node (``core/placement.py``);

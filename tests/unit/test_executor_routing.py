@@ -237,3 +237,9 @@ def test_the_table_numbers_tasks_and_hands_back_open_futures_when_cleared():
     assert executor._client.sent == [("s1", 1)] and executor._table.block_tasks("0") == {1}
     assert executor._table.has_server("0") and not executor._table.has_server("1")
     assert executor._table.clear() == [first, second] and executor.outstanding() == 0
+
+
+def test_available_accelerators_take_htex_types_only():
+    from typeguard import TypeCheckError
+    with pytest.raises(TypeCheckError):
+        DragonExecutor(available_accelerators=[0, 1])  # HTEX's type: an int or a sequence of strings
