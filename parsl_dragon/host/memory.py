@@ -1,7 +1,7 @@
 """This host's memory, and the default size limit of one payload (a task's arguments or result).
 
 A payload of any size travels on the links in frames of at most ``LINK_MAX_FRAME_BYTES``
-(``wire/protocol.py`` splits and joins them), so the only limit left is memory: every process
+(``wire/frames.py`` splits and joins them), so the only limit left is memory: every process
 on the way (worker, server, driver) holds a large payload about three times at its peak (the
 frames received, the joined payload, and the object unpickled from it or the frames sent on).
 The default limit is therefore a quarter of the driver host's physical memory

@@ -111,9 +111,9 @@ def dragon_config_shim(values: Optional[Dict[str, str]], real: str) -> str:
     (libdragon's GPU probe asks for the CUDA, HIP and Level Zero runtime libraries), and the
     real command is a Python program that imports Dragon: 0.4 s a call on a 2-core test
     machine (~2.4 s of every block's start there), more from a shared file system. The shim
-    answers exactly those calls (one ``--get=KEY`` argument) from ``values``, read when the block boots, as the real
-    one would (an unknown key: an empty line); every other use, or every use when ``values``
-    is None, runs the real ``dragon-config``. A ``dragon-config add`` made while a block runs
+    answers exactly those calls (one ``--get=KEY`` argument) from ``values``, read when the
+    block boots, as the real one would (an unknown key: an empty line); every other use, or
+    every use when ``values`` is None, runs the real ``dragon-config``. A ``dragon-config add`` made while a block runs
     reaches the next block, as it reaches the next runtime start in Dragon itself.
     """
     lines = ["#!/bin/sh",

@@ -27,18 +27,18 @@ import signal
 import sys
 import time
 from collections import deque
-from typing import Deque, Iterable, List, Optional, Set, Tuple
+from typing import Deque, Iterable, List, Mapping, Optional, Set, Tuple
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from parsl_dragon.errors import PAYLOAD_TOO_LARGE, SERIALIZATION_ERROR, TASK_LOST, RankFailure
+from parsl_dragon.errors import PAYLOAD_TOO_LARGE, SERIALIZATION_ERROR, TASK_LOST, ConfigurationError, RankFailure
 from parsl_dragon.host.memory import default_max_payload_bytes
 from parsl_dragon.server import pmi
 from parsl_dragon.task.devices import block_accelerators, devices_per_host, gpu_binding, gpu_runtime_loaded
 from parsl_dragon.task.mpi_env import mpi_task, read_report
 from parsl_dragon.task.rank_service import RankService
-from parsl_dragon.vocabulary import ENV_MAX_PAYLOAD
+from parsl_dragon.vocabulary import ENV_MAX_PAYLOAD, parse_bytes
 from parsl_dragon.wire import frames
 from parsl_dragon.wire import protocol as p
 from parsl_dragon.wire.security import make_worker_link
@@ -96,10 +96,12 @@ def run_task(payload: bytes, report: Optional[str] = None) -> Tuple[str, bytes, 
             return p.FAILED, b"", f"task raised an exception that could not be serialized: {exc!r}"
 
 
-def max_payload_bytes(env) -> int:
+def max_payload_bytes(env: Mapping[str, str]) -> int:
     """The largest result this worker sends: the server's ``PARSL_DRAGON_MAX_PAYLOAD``, else the default."""
-    value = env.get(ENV_MAX_PAYLOAD, "")
-    return int(value) if value.isdigit() and int(value) > 0 else default_max_payload_bytes()
+    try:
+        return parse_bytes(env.get(ENV_MAX_PAYLOAD, ""), ENV_MAX_PAYLOAD)
+    except ConfigurationError:
+        return default_max_payload_bytes()
 
 
 def lost_in_flight(assigned: Iterable[int], held: Set[int]) -> List[int]:

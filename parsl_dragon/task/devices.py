@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence
 
 from parsl_dragon.core.accelerators import GPU_ENV_VARS, Accelerators, device_ids, gpu_environment, parse_accelerators
 from parsl_dragon.core.placement import Placement
@@ -51,10 +51,10 @@ def gpu_runtime_loaded(maps: str = "/proc/self/maps") -> Optional[str]:
     return None
 
 
-def block_accelerators(env: Optional[Dict[str, str]] = None) -> Optional[Accelerators]:
+def block_accelerators(env: Optional[Mapping[str, str]] = None) -> Optional[Accelerators]:
     """The block's ``available_accelerators``, as the server gave them to its workers; None:
     the slot table's GPU numbers are the ids (Dragon's count)."""
-    env = dict(os.environ) if env is None else env
+    env = os.environ if env is None else env
     return parse_accelerators(env.get(ENV_ACCELERATORS), ENV_ACCELERATORS)
 
 

@@ -22,10 +22,11 @@ For a task with a placement the worker exports, for the duration of the task::
 
 Each rank additionally gets ``PARSL_RANK``, ``PARSL_LOCAL_RANK`` and ``PARSL_NODE_RANK``.
 
-The rank report is appended to by each launch (``prefix.sh`` for mpiexec, the worker's rank
-service for Dragon-launched ranks), one line per failing rank or launch error::
+The rank report is appended to by each launch of Dragon-started ranks (the worker's rank
+service) and by ``prefix.sh refused`` (a backend that cannot work here), one line per failing
+rank or launch error; a ``pmi="mpiexec"`` launch reports through mpiexec's own exit code::
 
-    <exit code> TAB <label>          e.g. "7\trank 1", "-2\tmpiexec" (stopped at its walltime)
+    <exit code> TAB <label>          e.g. "7\trank 1", "-2\trank 0" (stopped at its walltime)
     error TAB <why the ranks were not launched>
 
 It is read once, when the task ends, without following a symlink and then removed, with
