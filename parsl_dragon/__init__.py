@@ -24,7 +24,8 @@ _EXPORTS: Dict[str, str] = {
     **{name: "parsl_dragon.errors" for name in (
         "DragonExecutorError", "ConfigurationError", "InsecureKeyPath", "ServerStartupError",
         "ServerConnectionError", "AuthenticationFailed", "HandshakeTimeout", "VersionMismatch", "ServerLost",
-        "WorkerLost", "TaskLost", "PayloadTooLarge", "InsecurePath", "ProtocolError", "RankFailure")},
+        "WorkerLost", "TaskLost", "PayloadTooLarge", "InsecurePath", "ProtocolError", "RankFailure", "ResultLost")},
+    "is_kept": "parsl_dragon.task.kept",
 }
 
 __all__: List[str] = list(_EXPORTS)
@@ -42,6 +43,7 @@ if TYPE_CHECKING:  # what static checkers see; at run time __getattr__ below imp
         PayloadTooLarge,
         ProtocolError,
         RankFailure,
+        ResultLost,
         ServerConnectionError,
         ServerLost,
         ServerStartupError,
@@ -49,6 +51,7 @@ if TYPE_CHECKING:  # what static checkers see; at run time __getattr__ below imp
         VersionMismatch,
         WorkerLost,
     )
+    from parsl_dragon.task.kept import is_kept  # noqa: F401
     from parsl_dragon.task.monitoring import DragonRadio  # noqa: F401
 
 

@@ -17,6 +17,7 @@ Every error this package raises on purpose derives from Parsl's ``ExecutorError`
           ├── WorkerLost                a worker died while running the task
           ├── TaskLost                  lost in flight when a link dropped and came back (retryable)
           ├── PayloadTooLarge           arguments or result over max_payload_bytes
+          ├── ResultLost                a kept result is gone (its block was lost, or it was evicted)
           └── ProtocolError             malformed or unknown message (also a ValueError)
 
 ``RankFailure`` is the exception of an MPI bash app whose ranks failed; it derives from
@@ -110,6 +111,11 @@ class TaskLost(DragonExecutorError):
 class PayloadTooLarge(DragonExecutorError):
     """A task's arguments or result are larger than ``max_payload_bytes`` (a quarter of the
     driver host's memory by default); the error names both sizes. Only that task fails."""
+
+
+class ResultLost(DragonExecutorError):
+    """A result kept in its block (``keep_result``) cannot be read: the block that holds it was
+    lost or stopped, or the result was evicted. Names the task that produced it."""
 
 
 class ProtocolError(DragonExecutorError, ValueError):

@@ -34,6 +34,8 @@ ENV_KEY_PATH = "PARSL_DRAGON_KEY_PATH"
 ENV_RANK_STARTUP_TIMEOUT = "PARSL_DRAGON_RANK_STARTUP_TIMEOUT"
 ENV_OWNER_TIMEOUT = "PARSL_DRAGON_OWNER_TIMEOUT"
 ENV_MAX_PAYLOAD = "PARSL_DRAGON_MAX_PAYLOAD"  # bytes; also server -> workers: the limit of a result
+ENV_KEEP_RESULTS_OVER = "PARSL_DRAGON_KEEP_RESULTS_OVER"  # bytes: results this large stay in their block
+ENV_KEPT_RESULTS_MEMORY = "PARSL_DRAGON_KEPT_RESULTS_MEMORY"  # bytes per node for the block's kept results
 
 # --- Environment: what we set for the processes we start -------------------------------------
 ENV_BLOCK_TOKEN = "PARSL_DRAGON_BLOCK_TOKEN"            # every process of a block (teardown finds them)
@@ -64,6 +66,9 @@ WORKER_LINK_VARS: Tuple[str, ...] = (ENV_WORKER_ADDRESS, ENV_WORKER_SECRET, ENV_
 # A payload (a task's arguments or result) may be as large as memory allows: the default limit is
 # this share of the driver host's memory (host/memory.py says why a quarter).
 MAX_PAYLOAD_MEMORY_SHARE = 4
+# Kept results (keep_result): each node of a block gives its distributed dictionary this share of
+# its memory unless kept_results_memory says otherwise (host/memory.py).
+KEPT_RESULTS_MEMORY_SHARE = 8
 
 # --- Leases: both ends send a Heartbeat every period; a peer silent for period x threshold is lost --
 DEFAULT_HEARTBEAT_PERIOD_S = 5.0

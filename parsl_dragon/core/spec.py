@@ -20,6 +20,9 @@ key                   type           default     meaning
 ``priority``          number         unset       lower value starts first, as in HTEX;
                                                  tasks without one queue after all that have one
 ``walltime``          number > 0     (none)      seconds before the task is killed
+``keep_result``       bool           executor's  True: the result stays in the block's memory and
+                                     threshold   the future holds a reference (docs/data.md);
+                                                 False: it always travels to the driver
 ====================  =============  ==========  ==============================================
 
 A task is an *MPI task* when it has any of ``num_nodes``, ``ranks_per_node``,
@@ -140,6 +143,12 @@ def _check_priority(key: str, value: Any, strict: bool) -> float:
     return value
 
 
+def _check_keep_result(key: str, value: Any, strict: bool) -> bool:
+    if not isinstance(value, bool):
+        raise _invalid([key], f"'keep_result' must be True or False, got {_show(value)}")
+    return value
+
+
 def _check_walltime(key: str, value: Any, strict: bool) -> float:
     if not _finite(value) or value <= 0:
         raise _invalid([key], f"'walltime' must be a positive number of seconds, got {_show(value)}")
@@ -154,9 +163,11 @@ _CHECKS: Dict[str, Callable[[str, Any, bool], Any]] = {
     "cpu_bind": _check_cpu_bind,
     "priority": _check_priority,
     "walltime": _check_walltime,
+    "keep_result": _check_keep_result,
 }
 KNOWN_KEYS: Set[str] = set(COUNT_KEYS) | set(_CHECKS)
-_UNSET = {"pmi": None, "priority": math.inf, "walltime": None}  # TaskSpec values meaning "not given"
+# TaskSpec values meaning "not given"
+_UNSET = {"pmi": None, "priority": math.inf, "walltime": None, "keep_result": None}
 
 
 def _check_product(nodes: int, ppn: int, ranks: int) -> None:
@@ -185,6 +196,7 @@ class TaskSpec:
     cpu_bind: bool = False
     priority: float = math.inf        # lower runs first; inf: unset, after every set value (HTEX)
     walltime: Optional[float] = None  # seconds; None: no limit
+    keep_result: Optional[bool] = None  # None: the executor's keep_results_over decides
 
     def __post_init__(self) -> None:
         for key in COUNT_KEYS:
@@ -373,3 +385,8 @@ def check_fits(spec: TaskSpec, nodes: Iterable[NodeSlots]) -> None:
             keys |= _per_node_keys(spec, "gpus_per_rank")
         raise _invalid(keys, f"the task needs {n} nodes with {cores} cores and {gpus} GPUs each; "
                              f"the block has {able}")
+
+
+def spec_problem(exc: Exception) -> str:
+    """Why a task's resource specification was refused, for its client."""
+    return str(exc) if isinstance(exc, InvalidResourceSpecification) else f"unusable resource specification: {exc!r}"

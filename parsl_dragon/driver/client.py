@@ -65,6 +65,7 @@ from parsl_dragon.driver.work_items import (
     handler_for,
 )
 from parsl_dragon.errors import SERVER_LOST, TASK_LOST, ProtocolError
+from parsl_dragon.wire import dataplane as d
 from parsl_dragon.wire import frames
 from parsl_dragon.wire import protocol as p
 from parsl_dragon.wire.connection import ConnectionInfo
@@ -81,7 +82,8 @@ class DragonClient:
                  on_results: Callable[[str, p.TaskResults], None],
                  on_monitoring: Callable[[p.Monitoring], None],
                  on_server_lost: Callable[[str, str], None],
-                 on_reconnected: Callable[[str], None] = lambda server_id: None) -> None:
+                 on_reconnected: Callable[[str], None] = lambda server_id: None,
+                 on_fetched: Callable[[str, Any], None] = lambda server_id, message: None) -> None:
         self.keys = keys
         self.client_id = f"client-{uuid.uuid4().hex[:12]}"
         self.timeout_s = timeout_s
@@ -102,7 +104,8 @@ class DragonClient:
             LinkReconnected: self._on_link_reconnected}
         self._server_messages: Dict[type, Callable[[ServerLink, Any], None]] = {
             p.TaskResults: self._on_task_results, p.Heartbeat: self._on_heartbeat, p.Monitoring: self._on_monitoring,
-            p.SyncReply: self._on_sync_reply, p.ErrorReply: self._on_error_reply, p.Incoming: self._on_incoming}
+            p.SyncReply: self._on_sync_reply, p.ErrorReply: self._on_error_reply, p.Incoming: self._on_incoming,
+            d.FetchedResult: lambda link, message: on_fetched(link.server_id, message)}  # on this I/O thread
         self._waker_lock = threading.Lock()
         self._waker_out: Optional[zmq.Socket] = None
         self._waker_in: Optional[zmq.Socket] = None

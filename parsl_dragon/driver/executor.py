@@ -44,9 +44,11 @@ from parsl_dragon.core.spec import normalize_spec
 from parsl_dragon.driver.blocks import BlockLaunch, BlockWatch, host_address, on_driver_host, shared_server
 from parsl_dragon.driver.client import DragonClient
 from parsl_dragon.driver.futures import TaskTable, set_exception
+from parsl_dragon.driver.kept import KeptResults
 from parsl_dragon.driver.launchers import check_launcher, default_launcher
 from parsl_dragon.driver.links import ServerLink
 from parsl_dragon.driver.routing import RoutedServer, Send
+from parsl_dragon.driver.scaling import STOP_WAIT_SECONDS, BlockScaling
 from parsl_dragon.driver.settings import Settings, check_arguments, resolve_settings
 from parsl_dragon.errors import (
     AuthenticationFailed,
@@ -66,11 +68,10 @@ from parsl_dragon.wire.connection import ConnectionInfo, connection_path, remove
 logger = logging.getLogger(__name__)
 
 BUFFER_THRESHOLD = 1024 * 1024
-STOP_WAIT_SECONDS = 60.0  # a multi-node runtime can take a while to stop under load
 DEFAULT_PREFETCH = 32  # benchmarks/throughput.py here: 0 -> 506 tasks/s, 8 -> 1035, 32 -> 1155, unbounded 1160
 
 
-class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
+class DragonExecutor(BlockScaling, BlockProviderExecutor, RepresentationMixin):
     """Run Parsl apps on Dragon runtimes started in the provider's blocks.
 
     Parameters
@@ -135,6 +136,14 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
     max_payload_bytes : int, optional
         Largest task arguments or result, in bytes (``PARSL_DRAGON_MAX_PAYLOAD``; default a
         quarter of this host's memory). Larger ones fail their task with ``PayloadTooLarge``.
+    keep_results_over : int, optional
+        Results of at least this many bytes (serialized) stay in their block's memory, and
+        their futures hold references that behave like the values (docs/data.md)
+        (``PARSL_DRAGON_KEEP_RESULTS_OVER``; default: off, only tasks whose resource
+        specification says ``keep_result: True`` keep theirs).
+    kept_results_memory : int, optional
+        Bytes each node of a block gives its kept results (``PARSL_DRAGON_KEPT_RESULTS_MEMORY``;
+        default an eighth of the node's memory). A result that does not fit travels instead.
     prefetch_capacity : int
         Tasks a server may hold beyond its worker count (HTEX's meaning). The rest wait
         in the executor and go to whichever server has room first, so blocks that
@@ -154,6 +163,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
                  heartbeat_period: Union[int, float] = DEFAULT_HEARTBEAT_PERIOD_S,
                  heartbeat_threshold: int = DEFAULT_HEARTBEAT_THRESHOLD, address: Optional[str] = None,
                  prefetch_capacity: int = DEFAULT_PREFETCH, max_payload_bytes: Optional[int] = None,
+                 keep_results_over: Optional[int] = None, kept_results_memory: Optional[int] = None,
                  worker_debug: bool = False,
                  block_error_handler: Union[bool, Callable] = True,
                  remote_monitoring_radio: Optional[RadioConfig] = None) -> None:
@@ -178,10 +188,12 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         self.heartbeat_period, self.heartbeat_threshold = float(heartbeat_period), heartbeat_threshold
         self.address, self.prefetch_capacity, self.worker_debug = address, prefetch_capacity, worker_debug
         self.max_payload_bytes = max_payload_bytes
+        self.keep_results_over, self.kept_results_memory = keep_results_over, kept_results_memory
         self.remote_monitoring_radio = remote_monitoring_radio or DragonRadio()
         self.settings: Optional[Settings] = None
         self._client: Optional[DragonClient] = None
-        self._table = TaskTable(self._tasks, prefetch_capacity, send=self._send)
+        self._kept = KeptResults(lambda server_id, message: self._client.send(server_id, message))  # type: ignore
+        self._table = TaskTable(self._tasks, prefetch_capacity, send=self._send, kept=self._kept)
         self._lock, self._router = self._table.lock, self._table.router
         self._blocks = BlockWatch(self.provider, lambda info: self._connect(info, owner=True),
                                   self._table.add_server, self._on_block_failed, cancelled=lambda: self._stopping)
@@ -206,7 +218,8 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         self.settings = resolve_settings(
             server_path=self.server_path, transport=self.transport, startup_timeout_ms=self.startup_timeout_ms,
             timeout_ms=self.timeout_ms, key_path=self.key_path, rank_startup_timeout_ms=self.rank_startup_timeout_ms,
-            owner_timeout_ms=self.owner_timeout_ms, max_payload_bytes=self.max_payload_bytes)
+            owner_timeout_ms=self.owner_timeout_ms, max_payload_bytes=self.max_payload_bytes,
+            keep_results_over=self.keep_results_over, kept_results_memory=self.kept_results_memory)
         if self.provider is not None:
             check_launcher(getattr(self.provider, "launcher", None), getattr(self.provider, "nodes_per_block", None))
         client_keys = security.load_pair(self.settings.key_path, security.CLIENT)
@@ -220,7 +233,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
             client_keys, timeout_s=self.settings.timeout_s, heartbeat_period=self.heartbeat_period,
             heartbeat_threshold=self.heartbeat_threshold, on_results=self._on_results,
             on_monitoring=self._on_monitoring, on_server_lost=self._on_server_lost,
-            on_reconnected=self._on_reconnected)
+            on_reconnected=self._on_reconnected, on_fetched=self._kept.on_fetched)
         self._client.start()
         self._started = True
         if not self._attach_shared_server() and self.provider is not None:
@@ -257,7 +270,9 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
                 f"refusing the server at {info.address}: its public key {info.server_public_key[:12]}... is not "
                 f"the server key in {key_dir} ({(self._server_key or '')[:12]}...); the connection file was not "
                 "written by a server of this key directory (forged, or from another key_path)", self)
-        return self._client.connect(info, owner=owner)  # type: ignore[union-attr]
+        link = self._client.connect(info, owner=owner)  # type: ignore[union-attr]
+        self._kept.attach(link.server_id)
+        return link
 
     # ---- blocks ----------------------------------------------------------
     def _get_launch_command(self, block_id: str) -> str:
@@ -269,6 +284,8 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
             "heartbeat_period": self.heartbeat_period, "heartbeat_threshold": self.heartbeat_threshold,
             "rank_startup_timeout_ms": self.settings.rank_startup_timeout_ms,
             "max_payload_bytes": self.settings.max_payload_bytes,
+            "keep_results_over": self.settings.keep_results_over,
+            "kept_results_memory": self.settings.kept_results_memory,
             "workers_per_node": self.workers_per_node_arg, "cores_per_node": self.cores_per_node,
             "accelerators": None if self._accelerators is None else as_flag(self._accelerators),
             "debug": self.worker_debug}, driver_pid=os.getpid() if on_driver_host(self.provider) else None)
@@ -277,19 +294,6 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         job_id = super()._launch_block(block_id)
         self._blocks.watch(block_id, job_id, self.settings.startup_timeout_s)  # type: ignore[union-attr]
         return job_id
-
-    def _on_block_failed(self, launch: BlockLaunch, exc: DragonExecutorError) -> None:
-        """A block produced no usable server: mark it FAILED or MISSING and cancel it; with
-        nothing else left, fail all."""
-        logger.error("%s", exc)
-        self._simulated_status[launch.block_id] = self._blocks.failed_status(launch, exc)
-        self._blocks.cancel(launch)  # no half-started server stays behind
-        with self._lock:
-            starting = [b for b in self._launches if b not in self._simulated_status and not self._table.has_server(b)]
-            hopeless = not self._router.servers and not starting
-        if hopeless:
-            exc.executor = self
-            self.set_bad_state_and_fail_all(exc)
 
     @property
     def _spans_nodes(self) -> bool:
@@ -300,30 +304,6 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
     def _servers(self) -> List[RoutedServer]:
         return self._table.servers
 
-    def scale_out_facade(self, n: int) -> List[str]:
-        if self._early_blocks and self.provider is not None and n == self.provider.init_blocks:
-            self._early_blocks = None  # the strategy's first pass asks for the init_blocks start() launched
-            return []
-        if self._attached or self._stopping:
-            return []  # a shared server belongs to whoever started it
-        return super().scale_out_facade(n)
-
-    def scale_in(self, blocks: int) -> List[str]:
-        """Stop ``blocks`` blocks, idle ones first: servers are asked to stop, then jobs cancelled."""
-        active = [b for b, s in self._status.items() if s.state not in TERMINAL_STATES]
-        active.sort(key=lambda b: len(self._table.block_tasks(b)))
-        chosen = active[:blocks]
-        self._stop_blocks(chosen)
-        return chosen
-
-    def _stop_blocks(self, block_ids: List[str]) -> None:
-        with self._lock:
-            servers = [s for s in self._servers if s.block_id in block_ids]
-        for server in servers:
-            self._detach(server.link.server_id, p.Shutdown(reason="block scaled in"))
-        job_ids = [self.blocks_to_job_id[b] for b in block_ids if b in self.blocks_to_job_id]
-        self._blocks.end_jobs(job_ids, STOP_WAIT_SECONDS if servers else 0.0)
-
     # ---- tasks -----------------------------------------------------------
     def submit(self, func: Callable, resource_specification: Dict[str, Any], *args: Any, **kwargs: Any) -> Future:
         """Package ``func(*args, **kwargs)`` and queue it for the servers (sent at once where one has room)."""
@@ -332,12 +312,14 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
         if not self._started or self._stopping:
             raise DragonExecutorError("executor is not running (start() not called or shut down)", self)
         spec = normalize_spec(resource_specification, default_pmi=self.pmi)
+        home = self._kept.home(args, kwargs)  # the block holding the task's kept inputs, if any
+        args, kwargs = self._kept.localize(args, kwargs, home)
         payload = pack_apply_message(func, args, kwargs, buffer_threshold=BUFFER_THRESHOLD)
         too_large = p.payload_error(f"the packed task ({getattr(func, '__name__', 'app')} with its arguments)",
                                     len(payload), self.settings.max_payload_bytes)  # type: ignore[union-attr]
         if too_large:
             raise PayloadTooLarge(too_large, self)
-        return self._table.submit(spec, payload)
+        return self._table.submit(spec, payload, home)
 
     def _send(self, sends: List[Send]) -> None:
         for send in sends:
@@ -370,6 +352,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
             self.monitoring_messages.put(pickle.loads(payload))
 
     def _on_server_lost(self, server_id: str, why: str) -> None:
+        self._kept.lost(server_id, f"its block's server {server_id} was lost: {why}")
         server, lost = self._table.take_server(server_id)
         if server is None:
             return
@@ -382,26 +365,9 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
             if job_id is not None:
                 self._blocks.cancel_in_background(server.block_id, job_id)
 
-    def handle_errors(self, status: Dict[str, JobStatus]) -> None:
-        """Parsl's status poll saw these blocks' jobs. One that ended before its server answered fails
-        its block with our error, naming its logs (not Parsl's generic one); one that ended while its
-        server held tasks loses that server first, so they fail with ``ServerLost`` (retryable) as on
-        a lease's expiry, whichever comes first; then Parsl's block error handler sees the block."""
-        self._blocks.fail_ended(status)
-        if self.bad_state_is_set:
-            return
-        ended = {b for b, s in status.items() if s.terminal and self._table.has_server(b)}
-        for server in [s for s in self._servers if s.block_id in ended]:
-            job = status[server.block_id]
-            first_line = (job.message or "").strip().splitlines()[:1]
-            why = ": ".join([job.status_name] + first_line)
-            self._on_server_lost(server.link.server_id, f"its block's job ended ({why})")
-            self._client.disconnect(server.link.server_id)  # type: ignore[union-attr]
-        lost = {b: self._simulated_status[b] for b in ended if b in self._simulated_status}
-        super().handle_errors({**status, **lost})
-
     # ---- shutdown --------------------------------------------------------
     def _detach(self, server_id: str, message: p.Message) -> None:
+        self._kept.lost(server_id, f"its block's server {server_id} was stopped ({getattr(message, 'reason', '')})")
         server, lost = self._table.take_server(server_id)
         if server is not None and self._client is not None:
             self._client.disconnect(server_id, message)
@@ -424,6 +390,7 @@ class DragonExecutor(BlockProviderExecutor, RepresentationMixin):
                    or self._status[b].state not in TERMINAL_STATES or b in self._simulated_status]
         self._blocks.end_jobs(job_ids, STOP_WAIT_SECONDS)
         self._blocks.join(timeout=5)
+        self._kept.close()
         self._client.close()  # type: ignore[union-attr]
         for future in self._table.clear():
             set_exception(future, DragonExecutorError("executor shut down before the task finished", self))

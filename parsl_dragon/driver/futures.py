@@ -13,6 +13,7 @@ releasing it, so a done-callback may submit again::
 How one ``TaskResult`` resolves a future::
 
     OK         payload = serialized value          -> future.set_result(value)
+    KEPT       kept = where the value stays          -> future.set_result(a reference: driver/kept.py)
     EXCEPTION  payload = RemoteExceptionWrapper     -> future.set_exception(the task's exception)
     FAILED     error_type + error, no payload       -> future.set_exception(errors.failure(...))
     a payload that cannot be deserialized          -> DeserializationError on that future only
@@ -27,6 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 from parsl.serialize import deserialize
 from parsl.serialize.errors import DeserializationError
 
+from parsl_dragon.driver.kept import KeptResults
 from parsl_dragon.driver.links import ServerLink
 from parsl_dragon.driver.routing import RoutedServer, Send, TaskRouter
 from parsl_dragon.errors import failure
@@ -43,11 +45,14 @@ def set_exception(future: Future, exc: BaseException) -> None:
         pass
 
 
-def resolve(future: Future, result: p.TaskResult, payload: bytes) -> None:
-    """Turn one TaskResult into the future's outcome, as HTEX does."""
+def resolve(future: Future, result: p.TaskResult, payload: bytes,
+            reference: Callable[[p.TaskResult], Any] = lambda result: None) -> None:
+    """Turn one TaskResult into the future's outcome, as HTEX does (a KEPT result: ``reference``)."""
     try:
         if result.status == p.OK:
             future.set_result(deserialize(payload))
+        elif result.status == p.KEPT:
+            future.set_result(reference(result))
         elif result.status == p.EXCEPTION:
             wrapper = deserialize(payload)
             try:
@@ -70,8 +75,10 @@ class TaskTable:
     to the client and is called with the lock held, so each server gets its tasks in order.
     """
 
-    def __init__(self, futures: Dict[Any, Future], prefetch: int, send: Callable[[List[Send]], None]) -> None:
+    def __init__(self, futures: Dict[Any, Future], prefetch: int, send: Callable[[List[Send]], None],
+                 kept: Optional[KeptResults] = None) -> None:
         self.futures = futures
+        self.kept = kept
         self.router = TaskRouter(prefetch)
         self.lock = threading.RLock()
         self._send = send
@@ -81,13 +88,13 @@ class TaskTable:
     def servers(self) -> List[RoutedServer]:
         return list(self.router.servers.values())
 
-    def submit(self, spec: Any, payload: bytes) -> Future:
-        """A future for a new task, sent at once where a server has room; raises (changing
-        nothing) if the task fits no connected server."""
+    def submit(self, spec: Any, payload: bytes, home: Optional[str] = None) -> Future:
+        """A future for a new task, sent at once where a server has room (``home``'s, if it holds the
+        task's kept inputs); raises (changing nothing) if the task fits no connected server."""
         future: Future = Future()
         with self.lock:
             task_id = self._counter + 1
-            sends = self.router.submit(task_id, spec, payload)  # a request larger than every block fails here
+            sends = self.router.submit(task_id, spec, payload, home)  # a request larger than every block fails here
             self._counter = task_id
             future.parsl_executor_task_id = task_id  # type: ignore[attr-defined]
             self.futures[task_id] = future
@@ -116,8 +123,10 @@ class TaskTable:
             logger.warning("Ignored %d outcome(s) from server %s for tasks it does not hold: %s", len(ids) - len(mine),
                            server_id, [i for i in ids if i not in mine][:10])
         for future, result, payload in zip(futures, message.results, message.payloads):
+            if result.unkept and self.kept is not None:
+                self.kept.warn_unkept(result)
             if future is not None:
-                resolve(future, result, payload)
+                resolve(future, result, payload, lambda r: self.kept.reference(server_id, r))  # type: ignore
 
     def take_server(self, server_id: str) -> Tuple[Optional[RoutedServer], List[Future]]:
         """Forget a server; return it (None if it was gone already) and the futures of its tasks."""

@@ -6,7 +6,8 @@ Pure bookkeeping (no sockets, no threads, no dragon): ``DragonExecutor`` calls a
 * A server holds at most ``workers + prefetch`` tasks (HTEX's ``prefetch_capacity``);
   a server that said it is stopping takes none.
 * A submitted task goes straight to the least loaded server that fits it (its nodes can
-  hold the placement) and has room. Otherwise it waits in one queue, oldest first.
+  hold the placement) and has room. Otherwise it waits in one queue, oldest first. A task
+  whose arguments hold kept results goes only to their server while it is connected.
 * The queue drains whenever room appears: a result batch, a new server. A waiting task
   whose servers are all full does not hold back tasks behind it that fit elsewhere, and
   it is first in line for the next room on its servers, so nothing starves.
@@ -65,7 +66,7 @@ class RoutedServer:
         return len(self.tasks) / max(1, self.link.welcome.workers)
 
 
-_Held = Tuple[int, TaskSpec, bytes]
+_Held = Tuple[int, TaskSpec, bytes, Optional[str]]  # task id, spec, payload, home server
 
 
 class TaskRouter:
@@ -76,10 +77,13 @@ class TaskRouter:
         self.servers: Dict[str, RoutedServer] = {}
         self.pending: Deque[_Held] = deque()
 
-    def fitting(self, spec: TaskSpec) -> List[RoutedServer]:
-        """Servers (not stopping) whose nodes can hold the task; InvalidResourceSpecification
-        if there are servers and none can. No server at all: an empty list."""
+    def fitting(self, spec: TaskSpec, home: Optional[str] = None) -> List[RoutedServer]:
+        """Servers (not stopping) whose nodes can hold the task, only ``home`` if it is connected
+        (it holds the task's kept inputs); InvalidResourceSpecification if there are servers and
+        none can. No server at all: an empty list."""
         servers = [s for s in self.servers.values() if not s.link.stopping]
+        if home is not None and any(s.server_id == home for s in servers):
+            servers = [s for s in servers if s.server_id == home]
         fitting, error = [], None
         for server in servers:
             try:
@@ -91,12 +95,13 @@ class TaskRouter:
             raise error
         return fitting
 
-    def submit(self, task_id: int, spec: TaskSpec, payload: bytes) -> List[Send]:
-        """Route a new task; raises InvalidResourceSpecification (changing nothing) if it fits no server."""
-        roomy = [s for s in self.fitting(spec) if s.has_room]
+    def submit(self, task_id: int, spec: TaskSpec, payload: bytes, home: Optional[str] = None) -> List[Send]:
+        """Route a new task (to ``home``, the server holding its kept inputs, while it is connected);
+        raises InvalidResourceSpecification (changing nothing) if it fits no server."""
+        roomy = [s for s in self.fitting(spec, home) if s.has_room]
         if roomy and not self.pending:  # the common case: one size check, straight out
             return [self._send(min(roomy, key=lambda s: s.load), task_id, spec, payload)]
-        self.pending.append((task_id, spec, payload))
+        self.pending.append((task_id, spec, payload, home))
         return self.drain()
 
     def add(self, link: "ServerLink", block_id: Optional[str]
@@ -138,9 +143,9 @@ class TaskRouter:
         sends: List[Send] = []
         kept: Deque[_Held] = deque()
         while self.pending and any(s.has_room for s in self.servers.values()):
-            task_id, spec, payload = entry = self.pending.popleft()
+            task_id, spec, payload, home = entry = self.pending.popleft()
             try:
-                roomy = [s for s in self.fitting(spec) if s.has_room]
+                roomy = [s for s in self.fitting(spec, home) if s.has_room]
             except InvalidResourceSpecification:
                 roomy = []  # fits none of the servers there are now: wait for another block
             if roomy:

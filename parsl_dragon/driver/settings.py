@@ -18,6 +18,8 @@ from parsl_dragon.vocabulary import (
     DEFAULT_STARTUP_TIMEOUT_MS,
     DEFAULT_TIMEOUT_MS,
     DEFAULT_TRANSPORT,
+    ENV_KEEP_RESULTS_OVER,
+    ENV_KEPT_RESULTS_MEMORY,
     ENV_KEY_PATH,
     ENV_MAX_PAYLOAD,
     ENV_OWNER_TIMEOUT,
@@ -85,6 +87,8 @@ class Settings:
     rank_startup_timeout_ms: int = DEFAULT_RANK_STARTUP_TIMEOUT_MS
     owner_timeout_ms: int = DEFAULT_OWNER_TIMEOUT_MS
     max_payload_bytes: int = field(default_factory=default_max_payload_bytes)
+    keep_results_over: Optional[int] = None  # None: only tasks that ask (keep_result) keep theirs
+    kept_results_memory: Optional[int] = None  # None: the block's nodes choose (host/memory.py)
 
     @property
     def timeout_s(self) -> Optional[float]:
@@ -101,6 +105,7 @@ def resolve_settings(*, server_path: Optional[str] = None, transport: Optional[s
                      startup_timeout_ms: Optional[int] = None, timeout_ms: Optional[int] = None,
                      key_path: Optional[str] = None, rank_startup_timeout_ms: Optional[int] = None,
                      owner_timeout_ms: Optional[int] = None, max_payload_bytes: Optional[int] = None,
+                     keep_results_over: Optional[int] = None, kept_results_memory: Optional[int] = None,
                      env: Optional[Mapping[str, str]] = None) -> Settings:
     """Apply argument > environment > default to every setting and validate each one."""
     env = os.environ if env is None else env
@@ -118,6 +123,10 @@ def resolve_settings(*, server_path: Optional[str] = None, transport: Optional[s
                                   parse_timeout_ms, "owner_timeout_ms"),
         max_payload_bytes=_resolve(max_payload_bytes, env, ENV_MAX_PAYLOAD, default_max_payload_bytes(), parse_bytes,
                                    "max_payload_bytes"),
+        keep_results_over=_resolve(keep_results_over, env, ENV_KEEP_RESULTS_OVER, None, parse_bytes,
+                                   "keep_results_over"),
+        kept_results_memory=_resolve(kept_results_memory, env, ENV_KEPT_RESULTS_MEMORY, None, parse_bytes,
+                                     "kept_results_memory"),
     )
     logger.debug("Resolved settings: %s", settings)
     return settings

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from parsl_dragon.vocabulary import MAX_PAYLOAD_MEMORY_SHARE
+from parsl_dragon.vocabulary import KEPT_RESULTS_MEMORY_SHARE, MAX_PAYLOAD_MEMORY_SHARE
 
 FALLBACK_MEMORY_BYTES = 16 << 30  # when /proc/meminfo and sysconf both fail
 
@@ -36,3 +36,9 @@ def total_memory_bytes(meminfo: str = "/proc/meminfo") -> Optional[int]:
 def default_max_payload_bytes() -> int:
     """A quarter of this host's memory (16 GiB's quarter if it cannot be read)."""
     return (total_memory_bytes() or FALLBACK_MEMORY_BYTES) // MAX_PAYLOAD_MEMORY_SHARE
+
+
+def default_kept_results_memory() -> int:
+    """What each node of a block gives its kept results: an eighth of this host's memory. The
+    distributed dictionary's pool lives in ``/dev/shm`` and is touched only as results fill it."""
+    return (total_memory_bytes() or FALLBACK_MEMORY_BYTES) // KEPT_RESULTS_MEMORY_SHARE

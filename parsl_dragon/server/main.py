@@ -22,7 +22,7 @@ from typing import List, Optional
 
 from parsl_dragon.core.accelerators import parse_accelerators
 from parsl_dragon.host import startup
-from parsl_dragon.host.memory import default_max_payload_bytes
+from parsl_dragon.host.memory import default_kept_results_memory, default_max_payload_bytes
 from parsl_dragon.server import address
 from parsl_dragon.server.options import ServerOptions
 from parsl_dragon.server.worker_side import WorkerSide
@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="GPU ids of every node, comma-separated (default: Dragon's count, ids 0..n-1)")
     parser.add_argument("--max-payload-bytes", type=int, default=None,
                         help="largest task result a worker sends (default: a quarter of this node's memory)")
+    parser.add_argument("--keep-results-over", type=int, default=None,
+                        help="results of at least this many bytes stay in the block (default: only those asked)")
+    parser.add_argument("--kept-results-memory", type=int, default=None,
+                        help="bytes per node for kept results (default: an eighth of the node's memory)")
     parser.add_argument("--heartbeat-period", type=float, default=DEFAULT_HEARTBEAT_PERIOD_S)
     parser.add_argument("--heartbeat-threshold", type=int, default=DEFAULT_HEARTBEAT_THRESHOLD)
     parser.add_argument("--owner-timeout-ms", type=_timeout_ms, default=DEFAULT_OWNER_TIMEOUT_MS,
@@ -147,6 +151,8 @@ def options_from(args: argparse.Namespace) -> ServerOptions:
         server_keys=server_keys, client_keys=trusted, host_address=resolve_host_address(args.host_address),
         cores_per_node=args.cores_per_node, accelerators=args.accelerators, driver_host=args.driver_host,
         max_payload_bytes=args.max_payload_bytes or default_max_payload_bytes(),
+        keep_results_over=args.keep_results_over,
+        kept_results_memory=args.kept_results_memory or default_kept_results_memory(),
         heartbeat_period=args.heartbeat_period, heartbeat_threshold=args.heartbeat_threshold,
         owner_timeout_ms=args.owner_timeout_ms, launch_id=args.launch_id,
         job_id=args.job_id or batch_job_id(os.environ), block_id=args.block_id, launcher_pid=args.launcher_pid,

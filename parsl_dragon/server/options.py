@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from parsl_dragon.core.accelerators import Accelerators, gpu_count
+from parsl_dragon.host.memory import default_kept_results_memory
 from parsl_dragon.vocabulary import (
     DEFAULT_HEARTBEAT_PERIOD_S,
     DEFAULT_HEARTBEAT_THRESHOLD,
@@ -29,6 +30,8 @@ class ServerOptions:
     cores_per_node: Optional[int] = None
     accelerators: Optional[Accelerators] = None  # available_accelerators; None: Dragon's count per node
     max_payload_bytes: Optional[int] = None  # the largest result a worker sends; None: the worker's default
+    keep_results_over: Optional[int] = None  # results this large (serialized) stay in the block; None: asked only
+    kept_results_memory: int = field(default_factory=default_kept_results_memory)  # per node, for kept results
     driver_host: Optional[str] = None  # the node the driver runs on (a block in its job): one core kept for it
     heartbeat_period: float = DEFAULT_HEARTBEAT_PERIOD_S
     heartbeat_threshold: int = DEFAULT_HEARTBEAT_THRESHOLD

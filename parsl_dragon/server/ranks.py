@@ -84,6 +84,18 @@ class RankLaunches:
         threading.Thread(target=self._run, args=(entry, job), daemon=True,
                          name=f"ranks-{job.task_id}-{entry.key}").start()
 
+    def request(self, identity: bytes, message: p.LaunchRanks, task: Optional[Task], output_root: str,
+                accelerators: Optional[Accelerators] = None) -> Optional[p.RanksDone]:
+        """Start the ranks a worker's rank link asks for (output under ``output_root/ranks``);
+        the error reply to send back instead when they cannot start."""
+        refused = refusal(message, task)
+        if refused is not None or task is None:
+            return refused
+        output_dir = os.path.join(output_root, "ranks", f"task-{message.task_id}-{self._next + 1}")
+        self.start(identity, job_from(message, task.spec, task.placement, output_dir, accelerators),
+                   task.client_task_id, message.launch)
+        return None
+
     def start_limit(self, ranks: int) -> Optional[float]:
         """Seconds a launch of ``ranks`` ranks may take to start: base + per-rank allowance."""
         if self.start_timeout_ms == NO_LIMIT:

@@ -9,22 +9,21 @@ Runs as the head process of a block's Dragon runtime, in one thread::
                                              |  TaskScheduler (pure): which worker gets what
                                              |  Backend (dragon): start / watch / stop workers
 
-Payloads pass through untouched: the server never unpickles task data. Leases:
-a client silent for ``heartbeat_period * heartbeat_threshold`` is dropped; when
-the owner is dropped (or no owner arrives within ``owner_timeout_ms`` of the connection
-file being written) the server stops. The worker side (ZAP handler, worker socket, workers)
-is up before this module is imported (``server/worker_side.py``); the connection file is
-written once the client socket is bound too, and removed when the server stops.
+Payloads pass through untouched: the server never unpickles task data. Leases: a client silent
+for ``heartbeat_period * heartbeat_threshold`` is dropped; when the owner is dropped (or no owner
+arrives within ``owner_timeout_ms`` of the connection file being written) the server stops. The
+worker side (ZAP handler, worker socket, workers) is up before this module is imported
+(``server/worker_side.py``); the connection file is written once the client socket is bound too,
+and removed when the server stops.
 
-Nothing is dropped silently: what a peer cannot take now waits in its backlog
-(``server/links.py``), sent first at every turn of the loop. A worker
-unreachable for a lease is lost (its task fails with ``WorkerLost``); a client's backlog
-goes with its session. Both sockets use ``ROUTER_HANDOVER``: a peer that reconnects under
-its identity resumes its session, and a client then ``Sync``s what it waits for.
+Nothing is dropped silently: what a peer cannot take now waits in its backlog (``server/links.py``),
+sent first at every turn of the loop. A worker unreachable for a lease is lost (its task fails
+with ``WorkerLost``); a client's backlog goes with its session. Both sockets use
+``ROUTER_HANDOVER``: a peer that reconnects under its identity resumes its session, and a client
+then ``Sync``s what it waits for.
 
-Messages are dispatched by type through one table per socket (``_client_handlers``,
-``_worker_handlers``); each handler is ``_on_<message>``. Which task is whose lives in
-``server/taskbook.py``, the connection file in ``server/publish.py``.
+Messages are dispatched by type through one table per socket; each handler is ``_on_<message>``.
+Which task is whose: ``server/taskbook.py``; kept results: ``server/store.py``.
 """
 from __future__ import annotations
 
@@ -39,16 +38,19 @@ import zmq
 
 from parsl_dragon.core.placement import NodeSlots
 from parsl_dragon.core.scheduler import Assignment, TaskScheduler
+from parsl_dragon.core.spec import spec_problem
 from parsl_dragon.errors import INVALID_RESOURCE_SPECIFICATION, SERVER_LOST, WORKER_LOST, ProtocolError
 from parsl_dragon.server.auth import CLIENT_DOMAIN
 from parsl_dragon.server.clients import Clients, Session
 from parsl_dragon.server.links import Peers
 from parsl_dragon.server.options import ServerOptions
 from parsl_dragon.server.publish import connection_info, publish
-from parsl_dragon.server.ranks import RankLaunches, job_from, refusal
+from parsl_dragon.server.ranks import RankLaunches
+from parsl_dragon.server.store import ResultStore
 from parsl_dragon.server.taskbook import Task, TaskBook
 from parsl_dragon.server.worker_side import WorkerSide, bind_router
 from parsl_dragon.vocabulary import RANK_LINK_SUFFIX, timeout_seconds
+from parsl_dragon.wire import dataplane as d
 from parsl_dragon.wire import frames
 from parsl_dragon.wire import protocol as p
 from parsl_dragon.wire.connection import remove_connection
@@ -75,7 +77,7 @@ class Server:
         self.worker_puids: Dict[str, int] = {}
         self.worker_links = Peers("worker")
         self.rank_launches = RankLaunches(backend, start_timeout_ms=options.rank_startup_timeout_ms)
-        self._launch_seq = 0
+        self.store = ResultStore(self.server_id, options.kept_results_memory, options.keep_results_over)
         self._stopping = ""
         self._published: Optional[float] = None  # when the connection file was written
         self._connection_path: Optional[str] = None
@@ -105,12 +107,10 @@ class Server:
                                                           opts.host_address)
         self.scheduler = TaskScheduler([NodeSlots(n.hostname, opts.cores_of(n.hostname, n.cpus), opts.gpus_of(n.gpus))
                                         for n in self.backend.nodes()])
-        self._write_connection(f"tcp://{opts.host_address}:{front_port}")
-
-    def _write_connection(self, address: str) -> None:
-        opts = self.options
-        info = connection_info(opts, self.server_id, address)
-        self._connection_path = publish(info, opts.connection_file, os.path.dirname(opts.log_path))
+        self.store.open(len(self.scheduler.nodes))
+        address = f"tcp://{opts.host_address}:{front_port}"
+        self._connection_path = publish(connection_info(opts, self.server_id, address), opts.connection_file,
+                                        os.path.dirname(opts.log_path))
         self._published = time.monotonic()
         logger.info("Serving clients at %s; connection file %s", address, self._connection_path)
 
@@ -123,6 +123,7 @@ class Server:
             for worker_id in self.scheduler.worker_ids():
                 self.worker_links.send(worker_id.encode(), p.StopWorker(), keep=False)
         self.rank_launches.close()  # their threads stop the ranks while the runtime is still up
+        self.store.close()  # the DDict's pools go while the runtime is still up
         try:
             self.backend.stop(patience=2.0)
         except Exception:
@@ -146,6 +147,7 @@ class Server:
         poller.register(self.clients.links.sock, zmq.POLLIN)
         poller.register(self.worker_links.sock, zmq.POLLIN)
         poller.register(self.rank_launches.wakeup, zmq.POLLIN)  # a launch finished: reply now
+        poller.register(self.store.wakeup, zmq.POLLIN)  # the shelf started, or a read finished
         next_tick = 0.0
         while not self._stopping:
             events = dict(poller.poll(timeout=200))
@@ -155,6 +157,9 @@ class Server:
                 self._drain(self.clients.links.sock, self._on_frontend)
             for identity, reply in self.rank_launches.finished():
                 self.worker_links.send(identity, reply)
+            if self.store.wakeup in events:
+                self.store.poll(self._to_all_workers, lambda held: self._dispatch(self._submit(*held)),
+                                self._send_client)
             self._flush_backlogs()
             now = time.monotonic()
             if now >= next_tick:
@@ -264,27 +269,26 @@ class Server:
     def _on_submit_tasks(self, client: Session, message: p.SubmitTasks) -> None:
         assignments: List[Assignment] = []
         for entry, payload in zip(message.tasks, message.payloads):
-            task_id = self.tasks.next_id()
-            try:
-                if entry.spec_error is not None:  # the spec on the wire did not validate
-                    raise entry.spec_error
-                assignments += self.scheduler.submit(task_id, entry.spec)
-            except Exception as exc:  # InvalidResourceSpecification: that task fails, the batch goes on
-                self._fail_client_tasks(client.identity, [entry.task_id], INVALID_RESOURCE_SPECIFICATION,
-                                        _spec_problem(exc))
-                continue
-            self.tasks.add(task_id, Task(client.identity, entry.task_id, entry.spec, payload))
+            if not (entry.spec_error is None and self.store.wants(entry.spec)
+                    and self.store.hold((client.identity, entry, payload))):  # held while the shelf starts
+                assignments += self._submit(client.identity, entry, payload)
         self._dispatch(assignments)
 
-    def _on_client_heartbeat(self, client: Session, message: p.Heartbeat) -> None:
-        pass  # last_seen is already renewed
+    def _submit(self, identity: bytes, entry: p.TaskEntry, payload: bytes) -> List[Assignment]:
+        task_id = self.tasks.next_id()
+        try:
+            if entry.spec_error is not None:  # the spec on the wire did not validate
+                raise entry.spec_error
+            assignments = self.scheduler.submit(task_id, entry.spec)
+        except Exception as exc:  # InvalidResourceSpecification: that task fails, the batch goes on
+            self._fail_client_tasks(identity, [entry.task_id], INVALID_RESOURCE_SPECIFICATION, spec_problem(exc))
+            return []
+        self.tasks.add(task_id, Task(identity, entry.task_id, entry.spec, payload))
+        return assignments
 
     def _on_goodbye(self, client: Session, message: p.Goodbye) -> None:
         logger.info("Client %s detached", client.client_id)
         self._drop_client(client.identity)
-
-    def _on_shutdown(self, client: Session, message: p.Shutdown) -> None:
-        self.request_stop(f"shutdown requested by {client.client_id}: {message.reason}")
 
     def _on_sync(self, client: Session, message: p.Sync) -> None:
         """The client's link came back: say which of its tasks this server does not hold (they
@@ -299,8 +303,11 @@ class Server:
         client.last_seen = time.monotonic() + frames.lease_extension(message.nbytes)  # nothing arrives before it
 
     _client_handlers: Dict[type, Callable[["Server", Session, p.Message], None]] = {
-        p.SubmitTasks: _on_submit_tasks, p.Heartbeat: _on_client_heartbeat, p.Goodbye: _on_goodbye,
-        p.Shutdown: _on_shutdown, p.Sync: _on_sync, p.Incoming: _on_client_incoming}
+        p.SubmitTasks: _on_submit_tasks, p.Heartbeat: lambda *_: None,  # last_seen is renewed already
+        p.Goodbye: _on_goodbye, p.Sync: _on_sync, p.Incoming: _on_client_incoming,
+        p.Shutdown: lambda self, client, m: self.request_stop(f"shutdown requested by {client.client_id}: {m.reason}"),
+        d.FetchResult: lambda self, client, message: self.store.fetch(client.identity, message),
+        d.EvictResults: lambda self, client, message: self.store.evict(message.keys)}
 
     def _drop_client(self, identity: bytes) -> None:
         """Forget a client and its backlog; its queued tasks are dropped (running ones finish,
@@ -336,6 +343,9 @@ class Server:
             logger.warning("Ignoring worker %s: %s", worker_id, exc)
             return
         self.worker_puids[worker_id] = message.puid  # only accepted workers: bounded, and no puid aliasing
+        ready = self.store.ready_message()
+        if ready is not None:  # before its first task
+            self.worker_links.send(identity, ready)
         self._dispatch(assignments)
 
     def _on_worker_resync(self, identity: bytes, message: p.WorkerResync) -> None:
@@ -367,16 +377,10 @@ class Server:
         self._dispatch(assignments)
 
     def _on_launch_ranks(self, identity: bytes, message: p.LaunchRanks) -> None:
-        task = self.tasks.get(message.task_id)
-        refused = refusal(message, task)
-        if refused is not None or task is None:
+        refused = self.rank_launches.request(identity, message, self.tasks.get(message.task_id),
+                                             os.path.dirname(self.options.log_path), self.options.accelerators)
+        if refused is not None:
             self.worker_links.send(identity, refused)
-            return
-        self._launch_seq += 1
-        output_dir = os.path.join(os.path.dirname(self.options.log_path), "ranks",
-                                  f"task-{message.task_id}-{self._launch_seq}")
-        job = job_from(message, task.spec, task.placement, output_dir, self.options.accelerators)
-        self.rank_launches.start(identity, job, task.client_task_id, message.launch)
 
     def _on_monitoring(self, identity: bytes, message: p.Monitoring) -> None:
         for client in self.clients.owners():
@@ -404,6 +408,10 @@ class Server:
         self._dispatch(assignments)
 
     # ---- sending ------------------------------------------------------
+    def _to_all_workers(self, message: p.Message) -> None:
+        for worker_id in self.scheduler.worker_ids():
+            self.worker_links.send(worker_id.encode(), message)
+
     def _dispatch(self, assignments: List[Assignment]) -> None:
         for worker_id, batch in self.tasks.batches(assignments).items():
             self.worker_links.send(worker_id.encode(), batch)
@@ -419,10 +427,3 @@ class Server:
     def _flush_backlogs(self) -> None:
         self.clients.links.flush()
         self.worker_links.flush()
-
-
-def _spec_problem(exc: Exception) -> str:
-    """Why a task's resource specification was refused, for its client (Parsl's class is
-    imported here, on the error path: the service itself needs nothing from Parsl)."""
-    from parsl.executors.errors import InvalidResourceSpecification
-    return str(exc) if isinstance(exc, InvalidResourceSpecification) else f"unusable resource specification: {exc!r}"

@@ -4,8 +4,11 @@ Started by Dragon (see ``backend``) as ``python -m parsl_dragon.server.worker HO
 with its link address and CURVE keys in the environment. Loop::
 
     recv SubmitTasks  -> local queue
-    run one task      -> Parsl's execute_task() (with its GPUs bound: task/devices.py); result or
-                         RemoteExceptionWrapper serialized
+    run one task      -> Parsl's execute_task(), kept results among its arguments read first
+                         (task/kept.py), its GPUs bound (task/devices.py); result or
+                         RemoteExceptionWrapper serialized; a result to keep (``keep_result``, or
+                         as large as ``StoreReady.keep_over``) goes on this node's shelf and
+                         only where it is travels (status KEPT); a full shelf: it travels
     flush TaskResults -> when the local queue is empty, 64 results or 64 MiB wait, or 20 ms passed
 
 When the link drops and comes back (the worker's socket monitor sees it), the worker
@@ -27,7 +30,7 @@ import signal
 import sys
 import time
 from collections import deque
-from typing import Deque, Iterable, List, Mapping, Optional, Set, Tuple
+from typing import Any, Deque, Iterable, List, Mapping, Optional, Set, Tuple
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -35,10 +38,12 @@ from zmq.utils.monitor import recv_monitor_message
 from parsl_dragon.errors import PAYLOAD_TOO_LARGE, SERIALIZATION_ERROR, TASK_LOST, ConfigurationError, RankFailure
 from parsl_dragon.host.memory import default_max_payload_bytes
 from parsl_dragon.server import pmi
+from parsl_dragon.task import kept
 from parsl_dragon.task.devices import block_accelerators, devices_per_host, gpu_binding, gpu_runtime_loaded
 from parsl_dragon.task.mpi_env import mpi_task, read_report
 from parsl_dragon.task.rank_service import RankService
 from parsl_dragon.vocabulary import ENV_MAX_PAYLOAD, parse_bytes
+from parsl_dragon.wire import dataplane as d
 from parsl_dragon.wire import frames
 from parsl_dragon.wire import protocol as p
 from parsl_dragon.wire.security import make_worker_link
@@ -78,22 +83,22 @@ def _exit_as_error(exc: SystemExit):
     return AppException, error, exc.__traceback__
 
 
-def run_task(payload: bytes, report: Optional[str] = None) -> Tuple[str, bytes, str]:
-    """Execute one packed Parsl task; return (status, serialized outcome, error text)."""
+def run_task(payload: bytes, report: Optional[str] = None) -> Tuple[str, bytes, str, str]:
+    """Execute one packed Parsl task (kept results among its arguments read first: task/kept.py);
+    return (status, serialized outcome, error text, the value's class as ``module:qualname``)."""
     from parsl.app.errors import RemoteExceptionWrapper
-    from parsl.executors.execute_task import execute_task
     from parsl.serialize import serialize
 
     try:
-        result = _with_rank_failure(execute_task(payload), report)
-        return p.OK, serialize(result, buffer_threshold=1_000_000), ""
+        result = _with_rank_failure(kept.execute_task(payload), report)
+        return p.OK, serialize(result, buffer_threshold=1_000_000), "", kept.class_name(result)
     except (Exception, SystemExit) as exc:
         info = _exit_as_error(exc) if isinstance(exc, SystemExit) else sys.exc_info()
         try:
             wrapper = _with_rank_failure(RemoteExceptionWrapper(*info), report)
-            return p.EXCEPTION, serialize(wrapper), ""
+            return p.EXCEPTION, serialize(wrapper), "", ""
         except Exception as exc:  # the exception itself could not be serialized
-            return p.FAILED, b"", f"task raised an exception that could not be serialized: {exc!r}"
+            return p.FAILED, b"", f"task raised an exception that could not be serialized: {exc!r}", ""
 
 
 def max_payload_bytes(env: Mapping[str, str]) -> int:
@@ -137,6 +142,8 @@ class Worker:
         self.ranks: Optional[RankService] = None  # opened at the first task whose ranks Dragon starts
         self.accelerators = block_accelerators()  # what the slot table's GPU numbers stand for
         self.max_payload = max_payload_bytes(os.environ)
+        self.shelf: Any = None  # the block's kept results (server/shelf.py), once StoreReady names it
+        self.keep_over = -1
 
     def run(self) -> None:
         puid = int(os.environ.get("DRAGON_MY_PUID", "0") or 0)
@@ -154,6 +161,8 @@ class Worker:
         self._flush()
         if self.ranks is not None:
             self.ranks.close()
+        if self.shelf is not None:
+            self.shelf.close()
         self.context.destroy(linger=2000)
 
     def _receive(self, block: bool) -> None:
@@ -180,6 +189,18 @@ class Worker:
             self.stopping = True
         elif isinstance(message, p.ResyncMark):
             self._on_resync_mark(message)
+        elif isinstance(message, d.StoreReady):
+            self._on_store_ready(message)
+
+    def _on_store_ready(self, message: d.StoreReady) -> None:
+        from parsl_dragon.server.shelf import Shelf  # Dragon's DDict, only in blocks that keep results
+        try:
+            self.shelf = Shelf.attach(message.descriptor)
+        except Exception:
+            logger.exception("Could not attach the block's kept-results store; results travel instead")
+            return
+        self.keep_over = message.keep_over
+        kept.register_reader(message.server_id, lambda ref: self.shelf.get(ref.key, ref.manager))
 
     def _on_link_event(self, event: int) -> None:
         if event == zmq.EVENT_DISCONNECTED and not self.link_down:
@@ -212,20 +233,43 @@ class Worker:
         devices = devices_per_host(entry.placement, self.accelerators) if entry.spec.gpus_per_rank else []
         with gpu_binding(devices[0] if devices else ()):
             if entry.spec.is_mpi and entry.placement is not None:
-                status, outcome, error = self._run_mpi(entry, payload, devices)
+                status, outcome, error, kind = self._run_mpi(entry, payload, devices)
             else:
-                status, outcome, error = run_task(payload)
+                status, outcome, error, kind = run_task(payload)
         if entry.spec.gpus_per_rank and not self.retiring:
             self._retire_if_bound(entry.task_id)
-        error_type = SERIALIZATION_ERROR if error else ""
+        result = p.TaskResult(task_id=entry.task_id, status=status, host=self.host,
+                              error_type=SERIALIZATION_ERROR if error else "", error=error)
+        if status == p.OK and self._keeps(entry.spec, len(outcome)):
+            outcome = self._keep(result, outcome, kind)
         too_large = frames.payload_error(f"the result of task {entry.task_id}", len(outcome), self.max_payload)
         if too_large:
             logger.error("%s", too_large)
-            status, outcome, error_type, error = p.FAILED, b"", PAYLOAD_TOO_LARGE, too_large
-        self.results.append(p.TaskResult(task_id=entry.task_id, status=status, host=self.host,
-                                         error_type=error_type, error=error))
+            result.status, outcome, result.error_type, result.error = p.FAILED, b"", PAYLOAD_TOO_LARGE, too_large
+        self.results.append(result)
         self.payloads.append(outcome)
         self.batch_bytes += len(outcome)
+
+    def _keeps(self, spec, nbytes: int) -> bool:
+        """Whether a result stays in the block: the task asks, or it is as large as the threshold."""
+        return spec.keep_result is True or (spec.keep_result is None and 0 <= self.keep_over <= nbytes)
+
+    def _keep(self, result: p.TaskResult, outcome: bytes, kind: str) -> bytes:
+        """Put the result on this node's shelf; what is left to send (nothing, or the result itself
+        if it could not be kept: ``unkept`` says why)."""
+        key = f"t{result.task_id}"
+        if self.shelf is None:
+            result.unkept = "the block's kept-results store is not available"
+            return outcome
+        try:
+            manager = self.shelf.put(key, outcome)
+        except Exception as exc:  # ShelfFull, or the DDict refused: the result travels instead
+            result.unkept = f"the block's kept-results store could not take {len(outcome)} bytes: {exc}"
+            logger.warning("Task %d: %s", result.task_id, result.unkept)
+            return outcome
+        result.status = p.KEPT
+        result.kept = d.KeptEntry(key, manager, len(outcome), kind).to_wire()
+        return b""
 
     def _retire_if_bound(self, task_id: int) -> None:
         """A GPU runtime initialized in this process keeps the devices it saw: retire (task/devices.py)."""
@@ -235,7 +279,7 @@ class Worker:
                         task_id, library)
             self.retiring = self.stopping = True
 
-    def _run_mpi(self, entry: p.TaskEntry, payload: bytes, devices: List[List[str]]) -> Tuple[str, bytes, str]:
+    def _run_mpi(self, entry: p.TaskEntry, payload: bytes, devices: List[List[str]]) -> Tuple[str, bytes, str, str]:
         """Run an MPI task with its variables; serve its launches if Dragon starts its ranks."""
         problem = pmi.problem(entry.spec.pmi, os.environ)
         served = problem is None and entry.spec.pmi != "mpiexec"

@@ -75,6 +75,7 @@ MAX_WIRE_FRAME_BYTES = LINK_MAX_WIRE_FRAME_BYTES  # receivers' MAXMSGSIZE
 OK = "ok"              # payload: serialized return value
 EXCEPTION = "exception"  # payload: serialized RemoteExceptionWrapper
 FAILED = "failed"      # no payload; ``error_type`` and ``error`` say why (worker lost, bad spec ...)
+KEPT = "kept"          # no payload: the value stays in the block (``kept``: wire/dataplane.py)
 
 
 class Message:
@@ -170,6 +171,8 @@ class TaskResult:
     host: str = ""
     error_type: str = ""
     error: str = ""
+    kept: Dict[str, Any] = field(default_factory=dict)  # status KEPT: where (dataplane.KeptEntry)
+    unkept: str = ""  # a result that was to be kept but travelled: why (the block's store is full ...)
 
 
 @dataclass

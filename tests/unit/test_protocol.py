@@ -14,6 +14,7 @@ from parsl.executors.errors import ExecutorError, InvalidResourceSpecification
 from parsl_dragon.core.placement import Placement
 from parsl_dragon.core.spec import TaskSpec, normalize_spec
 from parsl_dragon.errors import ProtocolError
+from parsl_dragon.wire import dataplane as d
 from parsl_dragon.wire import frames
 from parsl_dragon.wire import protocol as p
 
@@ -41,7 +42,7 @@ def _samples():
                    p.TaskEntry(task_id=8)],
             payloads=[pickle.dumps(("f", (1,), {})), b"\x00\x01binary\xff"]),
         "TaskResults": p.TaskResults(
-            results=[p.TaskResult(task_id=7, status=p.OK, host="nid0001"),
+            results=[p.TaskResult(task_id=7, status=p.OK, host="nid0001", unkept="store full"),
                      p.TaskResult(task_id=8, status=p.EXCEPTION, host="nid0002"),
                      p.TaskResult(task_id=9, status=p.FAILED, host="nid0002",
                                   error_type="WorkerLost", error="worker died")],
@@ -62,6 +63,10 @@ def _samples():
                                      env={"OMP_NUM_THREADS": "4"}),
         "RanksDone": p.RanksDone(task_id=12, exit_codes=[0, 3], labels=["rank 0", "rank 1"],
                                  output_dir="/scratch/run/ranks-12", error=""),
+        "StoreReady": d.StoreReady(descriptor="b64-descriptor==", server_id="abc123", keep_over=1 << 20),
+        "FetchResult": d.FetchResult(request=3, key="t10", manager=1),
+        "FetchedResult": d.FetchedResult(request=3, payloads=[b"\x80\x05value"]),
+        "EvictResults": d.EvictResults(keys=[["t10", 1], ["t11", 0]]),
     }
 
 
@@ -187,6 +192,22 @@ def test_task_entry_fields_of_the_wrong_json_type_reject_the_message(key, value)
     entry[key] = value
     with pytest.raises(ProtocolError, match=f"field {key!r}"):
         p.decode([_header({"type": "SubmitTasks", "tasks": [entry]}), b"a"])
+
+
+def test_a_kept_result_travels_with_where_it_is_and_no_payload():
+    kept = d.KeptEntry("t10", 1, 1 << 24, "numpy:ndarray")
+    message = p.TaskResults(results=[p.TaskResult(task_id=10, status=p.KEPT, host="n2", kept=kept.to_wire())],
+                            payloads=[b""])
+    decoded = p.decode(p.encode(message))
+    assert decoded.results[0].status == p.KEPT and d.KeptEntry.from_wire(decoded.results[0].kept) == kept
+
+
+@pytest.mark.parametrize("bad", [{}, {"key": "", "manager": 0, "nbytes": 1}, {"key": "k", "manager": -1, "nbytes": 1},
+                                 {"key": "k", "manager": 0, "nbytes": True},
+                                 {"key": "k", "manager": 0, "nbytes": 1, "type": 7}])
+def test_a_malformed_kept_entry_is_refused_naming_the_field(bad):
+    with pytest.raises(ValueError, match="kept result"):
+        d.KeptEntry.from_wire(bad)
 
 
 def test_nested_task_results_are_rebuilt_as_dataclasses():

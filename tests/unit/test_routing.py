@@ -23,7 +23,7 @@ def sent(sends):
 
 
 def waiting(router):
-    return [task_id for task_id, _, _ in router.pending]
+    return [task_id for task_id, *_ in router.pending]
 
 
 def test_a_server_holds_workers_plus_prefetch_and_the_rest_wait_for_room():

@@ -29,6 +29,7 @@ def worker():
     w.link_down, w.answered_since_resync = False, None
     w.accelerators, w.retiring, w.stopping = None, False, False
     w.max_payload = 1 << 30
+    w.shelf, w.keep_over = None, -1
     return w
 
 
@@ -72,7 +73,7 @@ def test_a_mark_without_a_question_changes_nothing():
 def test_a_result_over_max_payload_bytes_fails_as_payload_too_large(monkeypatch):
     w = worker()
     w.max_payload = 100
-    monkeypatch.setattr(worker_module, "run_task", lambda payload: (p.OK, b"r" * 1000, ""))
+    monkeypatch.setattr(worker_module, "run_task", lambda payload: (p.OK, b"r" * 1000, "", "builtins:bytes"))
     w.queue.append((p.TaskEntry(task_id=3), b"payload"))
     w._run_one()
     [result] = w.results
@@ -85,7 +86,7 @@ def test_a_result_over_max_payload_bytes_fails_as_payload_too_large(monkeypatch)
 
 def test_an_exception_that_cannot_be_serialized_fails_as_serialization_error(monkeypatch):
     w = worker()
-    monkeypatch.setattr(worker_module, "run_task", lambda payload: (p.FAILED, b"", "could not be serialized"))
+    monkeypatch.setattr(worker_module, "run_task", lambda payload: (p.FAILED, b"", "could not be serialized", ""))
     w.queue.append((p.TaskEntry(task_id=4), b"payload"))
     w._run_one()
     [result] = w.results
@@ -103,7 +104,7 @@ def test_a_gpu_task_sees_its_own_devices_while_it_runs_and_the_next_task_does_no
     w.accelerators = ("0.0", "0.1", "1.0", "1.1")
     seen = []
     monkeypatch.setattr(worker_module, "run_task", lambda payload: (
-        seen.append({v: os.environ.get(v) for v in GPU_ENV_VARS}) or (p.OK, b"r", "")))
+        seen.append({v: os.environ.get(v) for v in GPU_ENV_VARS}) or (p.OK, b"r", "", "")))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setenv("ZE_AFFINITY_MASK", "the node's own")
     gpu2 = TaskSpec(gpus_per_rank=2)
@@ -129,7 +130,7 @@ def test_a_gpu_task_that_leaves_a_gpu_runtime_in_the_worker_makes_it_retire(monk
     assert devices.gpu_runtime_loaded(str(tmp_path / "absent")) is None
 
     w = worker()
-    monkeypatch.setattr(worker_module, "run_task", lambda payload: (p.OK, b"r", ""))
+    monkeypatch.setattr(worker_module, "run_task", lambda payload: (p.OK, b"r", "", "builtins:bytes"))
     monkeypatch.setattr(worker_module, "gpu_runtime_loaded", lambda: "libcuda.so.1")
     w.queue.append((p.TaskEntry(task_id=4), b""))  # no GPUs: not looked at
     w._run_one()

@@ -1,0 +1,203 @@
+"""Kept results without a runtime: references, the driver's bookkeeping, the server's store.
+
+The DDict itself is Dragon's (tests/integration/test_kept.py runs it); here a dict stands in
+for the shelf, named as such, to test what surrounds it.
+"""
+import gc
+import time
+
+import pytest
+
+from parsl_dragon.core.spec import TaskSpec, normalize_spec
+from parsl_dragon.driver.kept import KeptResults
+from parsl_dragon.driver.routing import TaskRouter
+from parsl_dragon.errors import ResultLost
+from parsl_dragon.server.store import ResultStore
+from parsl_dragon.task import kept as k
+from parsl_dragon.wire import dataplane as d
+from parsl_dragon.wire import protocol as p
+
+
+class DictShelf:
+    """A stand-in for server/shelf.Shelf: a dict, one 'manager'."""
+
+    def __init__(self):
+        self.data = {}
+        self.closed = False
+        self.descriptor = "dict-shelf"
+
+    def put(self, key, data):
+        self.data[key] = data
+        return 0
+
+    def get(self, key, manager):
+        return self.data[key]
+
+    def delete(self, key, manager):
+        return self.data.pop(key, None) is not None
+
+    def close(self):
+        self.closed = True
+
+
+def _kept_result(task_id=7, key="t1", server="s1", nbytes=10, kind="builtins:bytes"):
+    return p.TaskResult(task_id=task_id, status=p.KEPT, kept=d.KeptEntry(key, 0, nbytes, kind).to_wire())
+
+
+def test_keep_result_is_a_boolean_resource_key():
+    assert normalize_spec({"keep_result": True}).keep_result is True
+    assert normalize_spec({}).keep_result is None and "keep_result" not in TaskSpec().to_wire()
+    assert TaskSpec.from_wire({"keep_result": False}).keep_result is False
+    with pytest.raises(Exception, match="keep_result"):
+        normalize_spec({"keep_result": "yes"})
+
+
+def test_a_reference_reports_the_value_class_only_if_its_module_is_imported_here():
+    assert k.value_class("builtins:dict") is dict
+    assert k.value_class("no_such_module_here:Thing") is k.KeptValue
+    assert k.value_class("builtins:len") is k.KeptValue, "not a class"
+
+
+def test_references_among_arguments_are_read_and_other_values_left_alone():
+    from parsl.serialize import serialize
+    k.register_reader("s-args", lambda ref: serialize({"ref": ref.key}))
+    try:
+        ref = k.reference(k.KeptResult("s-args", "t9", 0, 5, 3, "builtins:dict"))
+        assert k.is_kept(ref) and not k.is_kept({"a": 1})
+        assert isinstance(ref, dict), "isinstance answers from the default class"
+        args, kwargs = k.real_arguments((ref, 1), {"x": ref, "inputs": [ref, "v"]})
+        assert args == ({"ref": "t9"}, 1) and type(args[0]) is dict
+        assert kwargs == {"x": {"ref": "t9"}, "inputs": [{"ref": "t9"}, "v"]}
+    finally:
+        k.forget_reader("s-args", "test over")
+
+
+def test_a_reference_whose_server_is_gone_raises_result_lost_naming_the_task():
+    k.forget_reader("s-gone", "its block's server s-gone was lost: lease expired")
+    ref = k.KeptResult("s-gone", "t1", 0, 100, 42)
+    with pytest.raises(ResultLost, match="task 42.*lease expired"):
+        ref.read()
+
+
+def test_the_driver_counts_live_references_and_evicts_what_is_garbage():
+    sent = []
+    kept = KeptResults(lambda server_id, message: sent.append((server_id, message)))
+    kept.attach("s1")
+    try:
+        ref = kept.reference("s1", _kept_result(key="t1"))
+        other = kept.reference("s1", _kept_result(key="t2"))
+        assert kept.live("s1") == 2
+        del ref
+        gc.collect()
+        kept.flush()
+        assert kept.live("s1") == 1
+        assert [(s, m.keys) for s, m in sent if isinstance(m, d.EvictResults)] == [("s1", [["t1", 0]])]
+        assert k.is_kept(other)
+    finally:
+        kept.close()
+
+
+def test_a_read_waits_for_the_servers_reply_and_a_lost_server_fails_it():
+    sent = []
+    kept = KeptResults(lambda server_id, message: sent.append(message))
+    kept.attach("s1")
+    ref = k.KeptResult("s1", "t1", 0, 3, 7)
+
+    import threading
+    got = {}
+    reader = threading.Thread(target=lambda: got.setdefault("value", ref.read()))
+    reader.start()
+    deadline = time.monotonic() + 5
+    while not sent and time.monotonic() < deadline:
+        time.sleep(0.01)
+    kept.on_fetched("s1", d.FetchedResult(request=sent[0].request, payloads=[b"abc"]))
+    reader.join(5)
+    assert got == {"value": b"abc"}
+
+    def read_after_loss():
+        try:
+            ref.read()
+        except ResultLost as exc:
+            got["error"] = str(exc)
+    reader = threading.Thread(target=read_after_loss)
+    reader.start()
+    while len(sent) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    kept.lost("s1", "its block's server s1 was lost: job ended")
+    reader.join(5)
+    assert "task 7" in got["error"] and "job ended" in got["error"]
+    kept.close()
+
+
+def test_a_task_goes_to_the_block_holding_most_of_its_kept_bytes_and_others_are_read_here(monkeypatch):
+    kept = KeptResults(lambda *a: None)
+    big = k.reference(k.KeptResult("s-big", "t1", 0, 1000, 1))
+    small = k.reference(k.KeptResult("s-small", "t2", 0, 10, 2))
+    assert kept.home((small,), {"inputs": [big]}) == "s-big"
+    assert kept.home((1, "x"), {}) is None
+    monkeypatch.setattr(k.KeptResult, "__call__", lambda self: f"value of {self.key}")
+    args, kwargs = kept.localize((small, big), {"inputs": [small]}, "s-big")
+    assert args[0] == "value of t2" and k.is_kept(args[1]) and kwargs["inputs"] == ["value of t2"]
+
+
+class _Link:
+    def __init__(self, server_id, workers=1):
+        self.server_id = server_id
+        self.stopping = ""
+        self.welcome = p.Welcome(server_id=server_id, host="h", parsl_version="x", python_version="3",
+                                 nodes=["n1"], workers=workers, cores=[4], gpus=[0])
+
+
+def test_the_router_sends_a_task_to_its_home_server_while_it_is_connected():
+    router = TaskRouter(prefetch=0)
+    router.add(_Link("a"), "0")
+    router.add(_Link("b"), "1")
+    sends = router.submit(1, TaskSpec(), b"", home="b")
+    assert [s.server_id for s in sends] == ["b"]
+    sends = router.submit(2, TaskSpec(), b"", home="b")  # b is full (1 worker, no prefetch): wait for b
+    assert sends == [] and [e[0] for e in router.pending] == [2]
+    assert [s.server_id for s in router.finished("b", [1])] == ["b"]
+    assert [s.server_id for s in router.submit(3, TaskSpec(), b"", home="gone")] == ["a"], "home gone: anywhere"
+
+
+def test_the_store_holds_tasks_until_the_shelf_is_up_then_announces_it_and_serves_reads():
+    shelf = DictShelf()
+    store = ResultStore("srv", 1 << 20, None, make_shelf=lambda nodes, size: shelf)
+    store.open(1)
+    assert store.state == "off" and not store.wants(TaskSpec())
+    assert store.wants(TaskSpec(keep_result=True))
+    assert store.hold(("client", "task", b"payload")), "the first task that asks starts the shelf"
+    announced, resubmitted, replies = [], [], []
+    deadline = time.monotonic() + 5
+    while not resubmitted and time.monotonic() < deadline:
+        store.poll(announced.append, resubmitted.append, lambda ident, m: replies.append((ident, m)))
+        time.sleep(0.01)
+    assert resubmitted == [("client", "task", b"payload")] and store.ready
+    assert announced == [d.StoreReady(descriptor="dict-shelf", server_id="srv", keep_over=-1)]
+    assert not store.hold(("later",)), "once up, nothing waits"
+    shelf.data["t1"] = b"bytes"
+    store.fetch(b"c1", d.FetchResult(request=1, key="t1", manager=0))
+    store.fetch(b"c1", d.FetchResult(request=2, key="nope", manager=0))
+    store.evict([["t1", 0]])
+    while len(replies) < 2 and time.monotonic() < deadline:
+        store.poll(announced.append, resubmitted.append, lambda ident, m: replies.append((ident, m)))
+        time.sleep(0.01)
+    assert replies[0] == (b"c1", d.FetchedResult(request=1, payloads=[b"bytes"]))
+    assert replies[1][1].error and not replies[1][1].payloads
+    store.close()
+    assert shelf.closed and "t1" not in shelf.data
+
+
+def test_a_shelf_that_cannot_be_created_lets_held_tasks_go_on():
+    def broken(nodes, size):
+        raise OSError("no space left on /dev/shm")
+    store = ResultStore("srv", 1 << 20, 4096, make_shelf=broken)
+    store.open(2)  # keep_results_over: starts at once
+    deadline = time.monotonic() + 5
+    held = None
+    while held is None and time.monotonic() < deadline:
+        held = store.started()
+        time.sleep(0.01)
+    assert held == [] and store.state == "failed" and "no space left" in store.why_failed
+    assert store.ready_message() is None and not store.hold(("task",))
+    store.close()
