@@ -330,6 +330,11 @@ class DragonExecutor(BlockScaling, BlockProviderExecutor, RepresentationMixin):
         self._blocks.results_from(server_id)  # the first ones end the block's start-up timeline
         self._table.on_results(server_id, message)
 
+    @property
+    def kept_bytes_read(self) -> int:
+        """Bytes of kept results this driver has read (fetched over the server links) so far."""
+        return self._kept.bytes_read
+
     def startup_timeline(self, block_id: str = "0") -> Timeline:
         return self._blocks.timeline(block_id)  # when each start-up step happened, measured (host/startup.py)
 

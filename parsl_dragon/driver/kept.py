@@ -50,6 +50,7 @@ class KeptResults:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._servers: set = set()
+        self.bytes_read = 0  # kept bytes fetched into this driver so far
 
     # ---- servers --------------------------------------------------------------
     def attach(self, server_id: str) -> None:
@@ -94,10 +95,15 @@ class KeptResults:
                            "(warned once)", result.task_id, result.unkept)
 
     def home(self, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Optional[str]:
-        """The server holding most bytes of the task's referenced inputs (None: no references)."""
+        """The connected server holding most bytes of the task's referenced inputs (None: none).
+        References of a server that is gone are left to :meth:`localize`, which raises their
+        ``ResultLost`` at submit."""
         weight: Dict[str, int] = {}
+        with self._lock:
+            servers = set(self._servers)
         for ref in _references(args, kwargs):
-            weight[ref.server_id] = weight.get(ref.server_id, 0) + ref.nbytes
+            if ref.server_id in servers:
+                weight[ref.server_id] = weight.get(ref.server_id, 0) + ref.nbytes
         return max(weight, key=lambda s: weight[s]) if weight else None
 
     def localize(self, args: Tuple[Any, ...], kwargs: Dict[str, Any], home: Optional[str]
@@ -125,7 +131,9 @@ class KeptResults:
                 raise KeyError("its block is no longer connected")
             self._waiting[request] = (ref.server_id, future)
         self._send(ref.server_id, d.FetchResult(request=request, key=ref.key, manager=ref.manager))
-        return future.result(timeout=self.timeout_s)
+        data = future.result(timeout=self.timeout_s)
+        self.bytes_read += len(data)
+        return data
 
     def on_fetched(self, server_id: str, message: d.FetchedResult) -> None:
         """A read's reply (client I/O thread): the bytes, or why not."""

@@ -77,7 +77,8 @@ class Server:
         self.worker_puids: Dict[str, int] = {}
         self.worker_links = Peers("worker")
         self.rank_launches = RankLaunches(backend, start_timeout_ms=options.rank_startup_timeout_ms)
-        self.store = ResultStore(self.server_id, options.kept_results_memory, options.keep_results_over)
+        self.store = ResultStore(self.server_id, options.kept_results_memory, options.keep_results_over,
+                                 os.path.dirname(options.log_path))
         self._stopping = ""
         self._published: Optional[float] = None  # when the connection file was written
         self._connection_path: Optional[str] = None

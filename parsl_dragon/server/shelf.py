@@ -12,7 +12,12 @@ transport when not. Used by the server (create, read, delete, destroy) and by th
 from __future__ import annotations
 
 import contextlib
+import glob
+import hashlib
 import logging
+import os
+import socket
+import time
 from typing import Any, Dict, Iterator, Optional
 
 from dragon.data.ddict import DDict, DDictFullError
@@ -44,14 +49,19 @@ class Shelf:
     def __init__(self, ddict: Any, creator: bool) -> None:
         self.ddict = ddict
         self.creator = creator
+        self.directory: Optional[str] = None
         self._handles: Dict[int, Any] = {}
 
     @classmethod
-    def create(cls, nodes: int, bytes_per_node: int) -> "Shelf":
-        """A new DDict over ``nodes`` nodes (the block's), one manager each."""
+    def create(cls, nodes: int, bytes_per_node: int, directory: str) -> "Shelf":
+        """A new DDict over ``nodes`` nodes (the block's), one manager each. Its orchestrator
+        writes a metadata file (``ddict_orc_*``) into ``directory`` (the block's), not the
+        current directory; :meth:`close` removes it (a killed block leaves it in its own dir)."""
         with _our_log_handlers():
-            ddict = DDict(1, nodes, bytes_per_node * nodes, timeout=TIMEOUT_S, name="parsl-dragon-kept")
-        return cls(ddict, creator=True)
+            ddict = DDict(1, nodes, bytes_per_node * nodes, timeout=TIMEOUT_S, persist_path=directory)
+        shelf = cls(ddict, creator=True)
+        shelf.directory = directory
+        return shelf
 
     @classmethod
     def attach(cls, descriptor: str) -> "Shelf":
@@ -73,12 +83,27 @@ class Shelf:
         return handle
 
     def put(self, key: str, data: bytes) -> int:
-        """Store ``data`` on this node's manager; return that manager's id. ShelfFull if no room."""
+        """Store ``data`` on this node's manager; return that manager's id. ShelfFull if no room.
+
+        A DDict manager whose pool cannot take a value does not refuse it at once: it waits for
+        memory until its timeout, and a put abandoned that way has been seen to leave the next
+        value on the same stream unreadable. So the node's puts take turns (:class:`NodeLock`)
+        and each first asks the manager whether a block of the value's size is free."""
         manager = self.local_manager
-        try:
-            self._handle(manager)[key] = data
-        except DDictFullError as exc:
-            raise ShelfFull(str(exc).splitlines()[0]) from exc
+        handle = self._handle(manager)
+        with NodeLock("parsl-dragon-kept-" + hashlib.sha1(self.descriptor.encode()).hexdigest()[:20]):
+            room = free_room(handle.dstats.get(manager))
+            if room < block_size(len(data)):
+                raise ShelfFull(f"the node's store has no free block of {block_size(len(data))} bytes "
+                                f"(largest free: {room})")
+            try:
+                handle[key] = data
+            except DDictFullError as exc:
+                raise ShelfFull(str(exc).splitlines()[0]) from exc
+            except Exception:
+                self._handles.pop(manager, None)  # a put that failed midway: never reuse its stream
+                _quietly(handle.detach)
+                raise
         return manager
 
     def get(self, key: str, manager: int) -> bytes:
@@ -106,6 +131,54 @@ class Shelf:
             _quietly(handle.detach)
         self._handles.clear()
         _quietly(self.ddict.destroy if self.creator else self.ddict.detach)
+        for leftover in glob.glob(os.path.join(self.directory, "ddict_orc_*")) if self.directory else ():
+            with contextlib.suppress(OSError):
+                os.unlink(leftover)
+
+
+FULL_SHARE = 0.85  # below the DDict manager's own 0.9 threshold: never wait for memory
+SMALLEST_BLOCK = 4096
+VALUE_OVERHEAD = 1024  # a stored value's headers (a 3 MiB value was measured to take 4 MiB + 32 bytes)
+
+
+def block_size(nbytes: int) -> int:
+    """The pool block a value of ``nbytes`` takes: Dragon's heap hands out powers of two."""
+    return max(SMALLEST_BLOCK, 1 << (nbytes + VALUE_OVERHEAD - 1).bit_length())
+
+
+def free_room(stats: Any) -> int:
+    """The largest block the manager can hand out without passing :data:`FULL_SHARE`."""
+    if stats is None:
+        return 0
+    headroom = int(stats.total_bytes * FULL_SHARE) - int(stats.total_used_bytes)
+    largest = max((int(size) for size, count in (stats.free_blocks or {}).items() if int(count) > 0), default=0)
+    return max(0, min(largest, headroom))
+
+
+class NodeLock:
+    """A lock shared by the processes of one node, without a file: an abstract Unix socket name
+    can be bound by one process at a time and is released when it closes or dies."""
+
+    def __init__(self, name: str, poll_s: float = 0.005) -> None:
+        self.address = "\0" + name
+        self.poll_s = poll_s
+        self._sock: Optional[socket.socket] = None
+
+    def __enter__(self) -> "NodeLock":
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.bind(self.address)
+                self._sock = sock
+                return self
+            except OSError:
+                sock.close()
+                time.sleep(self.poll_s)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
 
 @contextlib.contextmanager

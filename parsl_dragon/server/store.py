@@ -31,9 +31,10 @@ Reply = Tuple[bytes, d.FetchedResult]  # client identity, the reply
 class ResultStore:
     """The block's kept-results shelf, as the service loop sees it."""
 
-    def __init__(self, server_id: str, bytes_per_node: int, keep_over: Optional[int],
-                 make_shelf: Optional[Callable[[int, int], Any]] = None) -> None:
+    def __init__(self, server_id: str, bytes_per_node: int, keep_over: Optional[int], directory: str = ".",
+                 make_shelf: Optional[Callable[[int, int, str], Any]] = None) -> None:
         self.server_id = server_id
+        self.directory = directory  # the block's: where the DDict's orchestrator writes its metadata
         self.nodes, self.bytes_per_node = 0, bytes_per_node
         self.keep_over = keep_over
         self._make_shelf = make_shelf
@@ -149,7 +150,7 @@ class ResultStore:
     def _io_loop(self) -> None:
         try:
             make = self._make_shelf or _dragon_shelf
-            self.shelf = make(self.nodes, self.bytes_per_node)
+            self.shelf = make(self.nodes, self.bytes_per_node, self.directory)
             logger.info("Kept-results shelf up: %d node(s) x %d bytes", self.nodes, self.bytes_per_node)
         except Exception as exc:
             self.why_failed = f"the block's kept-results store could not be created: {exc!r}"
@@ -191,6 +192,6 @@ class ResultStore:
                 pass
 
 
-def _dragon_shelf(nodes: int, bytes_per_node: int) -> Any:
+def _dragon_shelf(nodes: int, bytes_per_node: int, directory: str) -> Any:
     from parsl_dragon.server.shelf import Shelf  # Dragon's DDict: imported only when a block keeps results
-    return Shelf.create(nodes, bytes_per_node)
+    return Shelf.create(nodes, bytes_per_node, directory)

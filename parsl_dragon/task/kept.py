@@ -66,9 +66,12 @@ class KeptResult:
                              "another block, or a driver that never knew it)")
             raise _lost(self, where)
         try:
-            return reader(self)
+            data = reader(self)
         except KeyError as exc:
             raise _lost(self, str(exc.args[0]) if exc.args else "it was evicted") from None
+        if len(data) != self.nbytes:  # the store gave back something else: say so, never unpickle it
+            raise _lost(self, f"the store returned {len(data)} bytes where {self.nbytes} were kept")
+        return data
 
     def describe(self) -> str:
         return f"result of task {self.task_id} ({self.nbytes} bytes kept in block server {self.server_id})"

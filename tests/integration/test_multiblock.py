@@ -119,3 +119,58 @@ def test_with_retries_a_task_of_a_dead_block_is_rerun_on_the_other(load_dfk):
     assert rerun_on != doomed, "the retry ran on the surviving block"
     assert (first.task_record["fail_count"], first.task_record["try_id"]) == (1, 1), \
         "the first try failed (the lost server), the second succeeded"
+
+
+@python_app
+def kept_block_array(n, parsl_resource_specification={"keep_result": True}):
+    import os
+    return (os.environ["PARSL_WORKER_BLOCK_ID"], b"a" * n)
+
+
+@python_app
+def block_and_sizes(inputs=()):
+    import os
+    return os.environ["PARSL_WORKER_BLOCK_ID"], [(origin, len(data)) for origin, data in inputs]
+
+
+def _kept_per_block(executor, count=6):
+    """Kept results made on each block: {block id: reference}."""
+    from parsl_dragon.task.kept import kept_of
+    by_block = {}
+    refs = [f.result(timeout=120) for f in [kept_block_array(1 << 16) for _ in range(count)]]
+    servers = {s.server_id: s.block_id for s in executor._servers}
+    for ref in refs:
+        by_block.setdefault(servers[kept_of(ref).server_id], ref)
+    return by_block
+
+
+def test_tasks_reading_kept_results_run_on_the_block_that_holds_them(load_dfk):
+    dfk = load_dfk(provider=provider())
+    executor = dfk.executors["dragon"]
+    wait_until(lambda: connected_blocks(executor) == ["0", "1"], BLOCK_START, "both blocks' servers")
+    by_block = _kept_per_block(executor)
+    assert sorted(by_block) == ["0", "1"], "the producers were spread over both blocks"
+    before = executor.kept_bytes_read
+    for holder, ref in by_block.items():
+        ran = [f.result(timeout=120) for f in [block_and_sizes(inputs=[ref]) for _ in range(6)]]
+        assert ran == [(holder, [(holder, 1 << 16)])] * 6, f"every reader of block {holder}'s result ran there"
+    assert executor.kept_bytes_read == before, "nothing crossed the driver"
+    mixed = block_and_sizes(inputs=[by_block["0"], by_block["1"]]).result(timeout=120)
+    assert sorted(mixed[1]) == [("0", 1 << 16), ("1", 1 << 16)], "inputs from two blocks both arrive"
+    assert executor.kept_bytes_read > before, "the input held by the other block was read in the driver"
+
+
+def test_kept_results_of_a_lost_block_fail_with_result_lost_and_the_other_block_carries_on(load_dfk):
+    from parsl_dragon import ResultLost
+    from parsl_dragon.task.kept import kept_of
+    dfk = load_dfk(provider=provider(), heartbeat_period=1.0, heartbeat_threshold=2)
+    executor = dfk.executors["dragon"]
+    wait_until(lambda: connected_blocks(executor) == ["0", "1"], BLOCK_START, "both blocks' servers")
+    by_block = _kept_per_block(executor)
+    lost_ref, kept_ref = by_block["0"], by_block["1"]
+    task = kept_of(lost_ref).task_id
+    os.kill(read_connection(executor._launches["0"].connection_file).pid, signal.SIGKILL)
+    wait_until(lambda: connected_blocks(executor) == ["1"], 60, "the driver to see block 0's server gone")
+    with pytest.raises(ResultLost, match=f"task {task}.*lost"):
+        block_and_sizes(inputs=[lost_ref]).result(timeout=120)
+    assert block_and_sizes(inputs=[kept_ref]).result(timeout=120) == ("1", [("1", 1 << 16)])

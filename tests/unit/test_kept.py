@@ -60,9 +60,10 @@ def test_a_reference_reports_the_value_class_only_if_its_module_is_imported_here
 
 def test_references_among_arguments_are_read_and_other_values_left_alone():
     from parsl.serialize import serialize
-    k.register_reader("s-args", lambda ref: serialize({"ref": ref.key}))
+    data = serialize({"ref": "t9"})
+    k.register_reader("s-args", lambda ref: data)
     try:
-        ref = k.reference(k.KeptResult("s-args", "t9", 0, 5, 3, "builtins:dict"))
+        ref = k.reference(k.KeptResult("s-args", "t9", 0, len(data), 3, "builtins:dict"))
         assert k.is_kept(ref) and not k.is_kept({"a": 1})
         assert isinstance(ref, dict), "isinstance answers from the default class"
         args, kwargs = k.real_arguments((ref, 1), {"x": ref, "inputs": [ref, "v"]})
@@ -70,6 +71,41 @@ def test_references_among_arguments_are_read_and_other_values_left_alone():
         assert kwargs == {"x": {"ref": "t9"}, "inputs": [{"ref": "t9"}, "v"]}
     finally:
         k.forget_reader("s-args", "test over")
+
+
+def test_a_value_of_another_size_than_was_kept_is_refused_unread():
+    k.register_reader("s-short", lambda ref: b"")
+    try:
+        with pytest.raises(ResultLost, match="returned 0 bytes where 100 were kept"):
+            k.KeptResult("s-short", "t1", 0, 100, 5).read()
+    finally:
+        k.forget_reader("s-short", "test over")
+
+
+def test_the_store_puts_only_what_a_free_block_can_take():
+    from types import SimpleNamespace
+
+    from parsl_dragon.server.shelf import FULL_SHARE, block_size, free_room
+    assert block_size(3 << 20) == 4 << 20 and block_size(4 << 20) == 8 << 20 and block_size(1) == 4096
+    empty = SimpleNamespace(total_bytes=16 << 20, total_used_bytes=0, free_blocks={16 << 20: 1})
+    assert free_room(empty) == int((16 << 20) * FULL_SHARE)
+    fragmented = SimpleNamespace(total_bytes=16 << 20, total_used_bytes=8 << 20, free_blocks={4 << 20: 2, 8 << 20: 0})
+    assert free_room(fragmented) == 4 << 20, "the largest free block, not the free total"
+    assert free_room(None) == 0
+
+
+def test_node_lock_is_exclusive_and_released_on_close():
+    import threading
+
+    from parsl_dragon.server.shelf import NodeLock
+    order = []
+    with NodeLock("parsl-dragon-test-lock"):
+        other = threading.Thread(target=lambda: NodeLock("parsl-dragon-test-lock").__enter__() and order.append("b"))
+        other.start()
+        time.sleep(0.1)
+        order.append("a")
+    other.join(5)
+    assert order == ["a", "b"]
 
 
 def test_a_reference_whose_server_is_gone_raises_result_lost_naming_the_task():
@@ -131,6 +167,8 @@ def test_a_read_waits_for_the_servers_reply_and_a_lost_server_fails_it():
 
 def test_a_task_goes_to_the_block_holding_most_of_its_kept_bytes_and_others_are_read_here(monkeypatch):
     kept = KeptResults(lambda *a: None)
+    kept.attach("s-big")
+    kept.attach("s-small")
     big = k.reference(k.KeptResult("s-big", "t1", 0, 1000, 1))
     small = k.reference(k.KeptResult("s-small", "t2", 0, 10, 2))
     assert kept.home((small,), {"inputs": [big]}) == "s-big"
@@ -138,6 +176,9 @@ def test_a_task_goes_to_the_block_holding_most_of_its_kept_bytes_and_others_are_
     monkeypatch.setattr(k.KeptResult, "__call__", lambda self: f"value of {self.key}")
     args, kwargs = kept.localize((small, big), {"inputs": [small]}, "s-big")
     assert args[0] == "value of t2" and k.is_kept(args[1]) and kwargs["inputs"] == ["value of t2"]
+    kept.lost("s-big", "gone")
+    assert kept.home((small, big), {}) == "s-small", "a server that is gone is nobody's home"
+    kept.close()
 
 
 class _Link:
@@ -162,7 +203,7 @@ def test_the_router_sends_a_task_to_its_home_server_while_it_is_connected():
 
 def test_the_store_holds_tasks_until_the_shelf_is_up_then_announces_it_and_serves_reads():
     shelf = DictShelf()
-    store = ResultStore("srv", 1 << 20, None, make_shelf=lambda nodes, size: shelf)
+    store = ResultStore("srv", 1 << 20, None, make_shelf=lambda nodes, size, where: shelf)
     store.open(1)
     assert store.state == "off" and not store.wants(TaskSpec())
     assert store.wants(TaskSpec(keep_result=True))
@@ -189,7 +230,7 @@ def test_the_store_holds_tasks_until_the_shelf_is_up_then_announces_it_and_serve
 
 
 def test_a_shelf_that_cannot_be_created_lets_held_tasks_go_on():
-    def broken(nodes, size):
+    def broken(nodes, size, where):
         raise OSError("no space left on /dev/shm")
     store = ResultStore("srv", 1 << 20, 4096, make_shelf=broken)
     store.open(2)  # keep_results_over: starts at once
