@@ -48,7 +48,7 @@ from typing import Any, Callable, Deque, Dict, Optional, Union
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from parsl_dragon.driver.links import ServerLink, close_link, open_link
+from parsl_dragon.driver.links import ServerLink, close_link, local_address, open_link
 from parsl_dragon.driver.work_items import (
     AddLink,
     ClientClosing,
@@ -94,6 +94,7 @@ class DragonClient:
         self.server_lost_callback, self.reconnected_callback = on_server_lost, on_reconnected
         self.context = zmq.Context()
         self.links: Dict[str, ServerLink] = {}
+        self.bytes_sent = self.bytes_received = 0  # on every server link (tasks, results, requests), so far
         self._outbox: Deque[Union[OutgoingTask, Command]] = deque()
         self._inbox: "queue.Queue[InboxItem]" = queue.Queue()
         self._commands: Dict[type, Callable[[Any, zmq.Poller], None]] = {
@@ -146,7 +147,8 @@ class DragonClient:
         self._command(AddLink(link))
         welcome = link.welcome
         logger.info("Connected to server %s at %s (host %s, nodes %s, %d workers, owner=%s)",
-                    welcome.server_id, info.address, welcome.host, welcome.nodes, welcome.workers, owner)
+                    welcome.server_id, local_address(info) or info.address, welcome.host, welcome.nodes,
+                    welcome.workers, owner)
         return link
 
     def send_task(self, server_id: str, entry: p.TaskEntry, payload: bytes) -> None:
@@ -229,6 +231,7 @@ class DragonClient:
             else:
                 for message in p.encode_with_notice(batch):  # a large batch is announced first
                     link.socket.send_multipart(message, copy=False)
+                    self.bytes_sent += sum(len(frame) for frame in message)
         batches.clear()
 
     def _on_add_link(self, command: AddLink, poller: zmq.Poller) -> None:
@@ -240,7 +243,9 @@ class DragonClient:
     def _on_send_message(self, command: SendMessage, poller: zmq.Poller) -> None:
         link = self.links.get(command.server_id)
         if link is not None:
-            link.socket.send_multipart(p.encode(command.message))
+            frames = p.encode(command.message)
+            link.socket.send_multipart(frames)
+            self.bytes_sent += sum(len(frame) for frame in frames)
 
     def _on_remove_link(self, command: RemoveLink, poller: zmq.Poller) -> None:
         link = self.links.pop(command.server_id, None)
@@ -262,6 +267,7 @@ class DragonClient:
             except zmq.Again:
                 return
             link.last_seen = time.monotonic()
+            self.bytes_received += sum(len(frame) for frame in frames)
             try:
                 message = p.decode(frames)
             except ProtocolError as exc:

@@ -335,6 +335,11 @@ class DragonExecutor(BlockScaling, BlockProviderExecutor, RepresentationMixin):
         """Bytes of kept results this driver has read (fetched over the server links) so far."""
         return self._kept.bytes_read
 
+    @property
+    def link_bytes(self) -> int:
+        """Bytes this driver has sent and received on its server links so far (TCP or Unix socket)."""
+        return 0 if self._client is None else self._client.bytes_sent + self._client.bytes_received
+
     def startup_timeline(self, block_id: str = "0") -> Timeline:
         return self._blocks.timeline(block_id)  # when each start-up step happened, measured (host/startup.py)
 

@@ -12,6 +12,8 @@ the client's I/O thread, which alone touches its sockets from then on::
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from parsl_dragon.errors import AuthenticationFailed, HandshakeTimeout, ProtocolError, VersionMismatch
+from parsl_dragon.host import local_sockets
 from parsl_dragon.wire import protocol as p
 from parsl_dragon.wire.connection import ConnectionInfo
 from parsl_dragon.wire.security import KeyPair, make_curve_client
@@ -68,6 +71,14 @@ class ServerLink:
         return False
 
 
+def local_address(info: ConnectionInfo) -> Optional[str]:
+    """The server's Unix socket when it runs on this host (``host/local_sockets.py``: no CURVE,
+    its private directory is the guard), else None: TCP + CURVE."""
+    if info.local_address and info.host == socket.gethostname() and local_sockets.enabled(os.environ):
+        return info.local_address
+    return None
+
+
 def open_link(context: zmq.Context, keys: KeyPair, client_id: str, info: ConnectionInfo, owner: bool,
               timeout_s: Optional[float]) -> ServerLink:
     """Connect to the server ``info`` describes and handshake; raise a clear error if refused."""
@@ -77,10 +88,12 @@ def open_link(context: zmq.Context, keys: KeyPair, client_id: str, info: Connect
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.IDENTITY, f"{client_id}/{uuid.uuid4().hex[:8]}".encode())
     sock.setsockopt(zmq.SNDHWM, 0)  # never block the I/O thread nor drop: leases bound the wait
-    make_curve_client(sock, keys.secret, info.server_public_key.encode())
+    address = local_address(info)
+    if address is None:
+        make_curve_client(sock, keys.secret, info.server_public_key.encode())
     monitor = sock.get_monitor_socket(HANDSHAKE_EVENTS)
     try:
-        sock.connect(info.address)
+        sock.connect(address or info.address)
         sock.send_multipart(p.encode(p.Hello(
             client_id=client_id, protocol=p.PROTOCOL_VERSION, parsl_version=parsl.__version__,
             python_version=p.PYTHON_VERSION, owner=owner)))

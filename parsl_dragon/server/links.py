@@ -6,7 +6,8 @@ peer cannot take now waits in that peer's :class:`Backlog`, in order, and goes o
 every turn of the service loop (:meth:`Peers.flush`). Messages not worth keeping (heartbeats,
 replies to bad messages, links without a session) are sent once or dropped with a log line.
 The service decides what an old backlog means: a worker unreachable for a lease is lost.
-The sockets themselves are bound by ``server/worker_side.py`` (:func:`bind_router`).
+The sockets themselves are bound by ``server/worker_side.py`` (:func:`bind_router`,
+:func:`bind_local_router`).
 """
 from __future__ import annotations
 
@@ -47,12 +48,36 @@ def try_send(sock: zmq.Socket, identity: bytes, message: p.Message) -> Optional[
 
 
 class Peers:
-    """The peers of one ROUTER socket (``name`` says which, for the log) and their backlogs."""
+    """The peers of one kind (``name`` says which, for the log), their backlogs, and the ROUTER
+    sockets they reach us on: the TCP + CURVE one first, a same-host Unix socket maybe second
+    (``host/local_sockets.py``). A reply goes out on the socket its peer was last heard on."""
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.sock: Optional[zmq.Socket] = None  # set once bound
+        self.socks: List[zmq.Socket] = []  # set once bound
+        self.route: Dict[bytes, zmq.Socket] = {}
         self.backlogs: Dict[bytes, Backlog] = {}
+
+    @property
+    def sock(self) -> Optional[zmq.Socket]:
+        """The TCP + CURVE socket (None before it is bound)."""
+        return self.socks[0] if self.socks else None
+
+    @sock.setter
+    def sock(self, sock: zmq.Socket) -> None:
+        self.socks[:1] = [sock]
+
+    def add(self, sock: Optional[zmq.Socket]) -> None:
+        """Another socket the same peers may come in on."""
+        if sock is not None:
+            self.socks.append(sock)
+
+    def heard(self, identity: bytes, sock: zmq.Socket) -> None:
+        if len(self.socks) > 1:
+            self.route[identity] = sock
+
+    def _sock_for(self, identity: bytes) -> zmq.Socket:
+        return self.route.get(identity) or self.socks[0]
 
     def send(self, identity: bytes, message: p.Message, keep: bool = True) -> None:
         """Send, or with ``keep`` queue behind what already waits for this peer."""
@@ -60,7 +85,7 @@ class Peers:
         if backlog is not None and keep:
             backlog.messages.append(message)
             return
-        problem = try_send(self.sock, identity, message)  # type: ignore[arg-type]
+        problem = try_send(self._sock_for(identity), identity, message)
         if problem is None:
             return
         if keep:
@@ -70,10 +95,15 @@ class Peers:
         else:
             logger.debug("Not sent: %s to %s link %r (%s)", type(message).__name__, self.name, identity, problem)
 
+    def send_each(self, names: Iterable[str], message: p.Message) -> None:
+        """The same message to every peer named (worker ids), each kept until sent."""
+        for name in names:
+            self.send(name.encode(), message)
+
     def flush(self) -> None:
         """Send what waits, oldest first, until a peer's socket refuses again."""
         for identity, backlog in list(self.backlogs.items()):
-            while backlog.messages and try_send(self.sock, identity, backlog.messages[0]) is None:  # type: ignore
+            while backlog.messages and try_send(self._sock_for(identity), identity, backlog.messages[0]) is None:
                 backlog.messages.popleft()
             if not backlog.messages:
                 del self.backlogs[identity]
@@ -86,6 +116,7 @@ class Peers:
     def forget(self, identity: bytes) -> None:
         """Drop what waits for a peer whose session is over."""
         self.backlogs.pop(identity, None)
+        self.route.pop(identity, None)
 
     def overdue(self, now: float, lease: float) -> List[Tuple[bytes, Backlog]]:
         """Remove and return the backlogs waiting longer than ``lease`` seconds."""

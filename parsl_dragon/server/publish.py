@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import time
+from typing import Optional
 
 from parsl_dragon.server.options import ServerOptions
 from parsl_dragon.vocabulary import ENV_BLOCK_TOKEN
@@ -26,10 +27,13 @@ from parsl_dragon.wire.protocol import PROTOCOL_VERSION
 logger = logging.getLogger(__name__)
 
 
-def connection_info(options: ServerOptions, server_id: str, address: str) -> ConnectionInfo:
-    """What a server publishes about itself: where it listens, its key, and what proves its processes."""
+def connection_info(options: ServerOptions, server_id: str, address: str,
+                    local_address: Optional[str] = None) -> ConnectionInfo:
+    """What a server publishes about itself: where it listens (and, for a driver on its host, its
+    Unix socket), its key, and what proves its processes."""
     return ConnectionInfo(
-        protocol=PROTOCOL_VERSION, address=address, server_public_key=options.server_keys.public.decode(),
+        protocol=PROTOCOL_VERSION, address=address, local_address=local_address,
+        server_public_key=options.server_keys.public.decode(),
         host=socket.gethostname(), pid=os.getpid(), launcher_pid=options.launcher_pid, job_id=options.job_id,
         block_id=options.block_id, server_id=server_id, created=time.time(), log_path=options.log_path,
         block_token=os.environ.get(ENV_BLOCK_TOKEN), launch_id=options.launch_id)

@@ -24,7 +24,7 @@ import subprocess
 import time
 from typing import Dict, List, Optional, Set
 
-from parsl_dragon.host import startup
+from parsl_dragon.host import local_sockets, startup
 from parsl_dragon.host.processes import DriverWatch, carries_token, kill_leftovers, processes_with_token
 from parsl_dragon.host.shm import pools_of, remove_pools
 from parsl_dragon.vocabulary import RUNTIME_STOP_GRACE_SECONDS
@@ -155,6 +155,8 @@ class Boot:
         killed = kill_leftovers(self.token)
         remove_pools(self.child.pid, known=self.pools, exclude=killed + [self.child.pid],
                      created_after=started - 1.0)
+        if self.startup_dir is not None:  # the block directory: its server's Unix sockets, if it could not
+            local_sockets.remove(self.startup_dir)
 
     def _wait(self) -> int:
         assert self.child is not None

@@ -40,7 +40,6 @@ from parsl_dragon.core.placement import NodeSlots
 from parsl_dragon.core.scheduler import Assignment, TaskScheduler
 from parsl_dragon.core.spec import spec_problem
 from parsl_dragon.errors import INVALID_RESOURCE_SPECIFICATION, SERVER_LOST, WORKER_LOST, ProtocolError
-from parsl_dragon.server.auth import CLIENT_DOMAIN
 from parsl_dragon.server.clients import Clients, Session
 from parsl_dragon.server.links import Peers
 from parsl_dragon.server.options import ServerOptions
@@ -48,7 +47,7 @@ from parsl_dragon.server.publish import connection_info, publish
 from parsl_dragon.server.ranks import RankLaunches
 from parsl_dragon.server.store import ResultStore
 from parsl_dragon.server.taskbook import Task, TaskBook
-from parsl_dragon.server.worker_side import WorkerSide, bind_router
+from parsl_dragon.server.worker_side import WorkerSide
 from parsl_dragon.vocabulary import RANK_LINK_SUFFIX, timeout_seconds
 from parsl_dragon.wire import dataplane as d
 from parsl_dragon.wire import frames
@@ -103,15 +102,15 @@ class Server:
     def _start(self) -> None:
         opts = self.options
         self.side.start(opts, self.backend)  # nothing to do if main.py started it
-        self.worker_links.sock = self.side.sock
-        self.clients.links.sock, front_port = bind_router(self.context, CLIENT_DOMAIN, opts.server_keys.secret,
-                                                          opts.host_address)
+        self.worker_links.socks = [s for s in (self.side.sock, self.side.local_sock) if s is not None]
+        front, front_port, local, local_address = self.side.bind_clients(opts)
+        self.clients.links.socks = [s for s in (front, local) if s is not None]
         self.scheduler = TaskScheduler([NodeSlots(n.hostname, opts.cores_of(n.hostname, n.cpus), opts.gpus_of(n.gpus))
                                         for n in self.backend.nodes()])
         self.store.open(len(self.scheduler.nodes))
         address = f"tcp://{opts.host_address}:{front_port}"
-        self._connection_path = publish(connection_info(opts, self.server_id, address), opts.connection_file,
-                                        os.path.dirname(opts.log_path))
+        self._connection_path = publish(connection_info(opts, self.server_id, address, local_address),
+                                        opts.connection_file, os.path.dirname(opts.log_path))
         self._published = time.monotonic()
         logger.info("Serving clients at %s; connection file %s", address, self._connection_path)
 
@@ -145,30 +144,32 @@ class Server:
     # ---- main loop -----------------------------------------------------
     def _loop(self) -> None:
         poller = zmq.Poller()
-        poller.register(self.clients.links.sock, zmq.POLLIN)
-        poller.register(self.worker_links.sock, zmq.POLLIN)
+        sockets = [(sock, self.worker_links, self._on_backend) for sock in self.worker_links.socks] + \
+                  [(sock, self.clients.links, self._on_frontend) for sock in self.clients.links.socks]
+        for sock, _, _ in sockets:
+            poller.register(sock, zmq.POLLIN)
         poller.register(self.rank_launches.wakeup, zmq.POLLIN)  # a launch finished: reply now
         poller.register(self.store.wakeup, zmq.POLLIN)  # the shelf started, or a read finished
         next_tick = 0.0
         while not self._stopping:
             events = dict(poller.poll(timeout=200))
-            if self.worker_links.sock in events:
-                self._drain(self.worker_links.sock, self._on_backend)
-            if self.clients.links.sock in events:
-                self._drain(self.clients.links.sock, self._on_frontend)
+            for sock, peers, handler in sockets:
+                if sock in events:
+                    self._drain(sock, handler, peers)
             for identity, reply in self.rank_launches.finished():
                 self.worker_links.send(identity, reply)
             if self.store.wakeup in events:
-                self.store.poll(self._to_all_workers, lambda held: self._dispatch(self._submit(*held)),
-                                self._send_client)
+                self.store.poll(lambda ready: self.worker_links.send_each(self.scheduler.worker_ids(), ready),
+                                lambda held: self._dispatch(self._submit(*held)), self._send_client)
             self._flush_backlogs()
             now = time.monotonic()
             if now >= next_tick:
                 self._tick(now)
                 next_tick = now + min(1.0, self.options.heartbeat_period)
 
-    def _drain(self, sock: zmq.Socket, handler: Callable[[bytes, List[bytes]], None], limit: int = 1000) -> None:
-        """Handle up to ``limit`` messages; one bad message never stops the server."""
+    def _drain(self, sock: zmq.Socket, handler: Callable[[bytes, List[bytes]], None], peers: Peers,
+               limit: int = 1000) -> None:
+        """Handle up to ``limit`` messages (replies go back on ``sock``); one bad message never stops the server."""
         for _ in range(limit):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
@@ -177,6 +178,7 @@ class Server:
             if len(frames) < 2:
                 logger.warning("Dropped a message without routing identity or body")
                 continue
+            peers.heard(frames[0], sock)
             try:
                 handler(frames[0], frames[1:])
             except Exception:
@@ -409,10 +411,6 @@ class Server:
         self._dispatch(assignments)
 
     # ---- sending ------------------------------------------------------
-    def _to_all_workers(self, message: p.Message) -> None:
-        for worker_id in self.scheduler.worker_ids():
-            self.worker_links.send(worker_id.encode(), message)
-
     def _dispatch(self, assignments: List[Assignment]) -> None:
         for worker_id, batch in self.tasks.batches(assignments).items():
             self.worker_links.send(worker_id.encode(), batch)

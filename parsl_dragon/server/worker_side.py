@@ -10,6 +10,8 @@ over (and brings one up itself when given none, as in unit tests).
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import uuid
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
@@ -17,13 +19,16 @@ from typing import Dict, Optional, Tuple
 import zmq
 
 from parsl_dragon.core.accelerators import as_flag
-from parsl_dragon.server.auth import WORKER_DOMAIN, start_authenticator
+from parsl_dragon.host import local_sockets
+from parsl_dragon.server.auth import CLIENT_DOMAIN, WORKER_DOMAIN, start_authenticator
 from parsl_dragon.server.options import ServerOptions
 from parsl_dragon.vocabulary import (
     ENV_ACCELERATORS,
     ENV_MAX_PAYLOAD,
+    ENV_SERVER_HOST,
     ENV_SERVER_ID,
     ENV_WORKER_ADDRESS,
+    ENV_WORKER_LOCAL_ADDRESS,
     ENV_WORKER_SECRET,
     ENV_WORKER_SERVER_KEY,
     LINK_MAX_WIRE_FRAME_BYTES,
@@ -45,6 +50,18 @@ def bind_router(context: zmq.Context, domain: str, secret: bytes, host_address: 
     sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
     port = sock.bind_to_random_port(f"tcp://{host_address}")
     return sock, port
+
+
+def bind_local_router(context: zmq.Context, address: str) -> zmq.Socket:
+    """A ROUTER on a Unix socket in a private directory (``host/local_sockets.py``): no CURVE,
+    the directory's permissions are the guard; otherwise as :func:`bind_router`."""
+    sock = context.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, LINK_MAX_WIRE_FRAME_BYTES)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    sock.bind(address)
+    return sock
 
 
 def worker_environment(address: str, secret: bytes, server_id: str, block_id: Optional[str]) -> Dict[str, str]:
@@ -69,6 +86,8 @@ class WorkerSide:
     authenticator: Optional[object] = None
     sock: Optional[zmq.Socket] = None
     address: str = ""
+    local_sock: Optional[zmq.Socket] = None  # the same-host workers' Unix socket, if enabled
+    socket_dir: Optional[str] = None  # where the block's Unix sockets are
     workers: int = 0
 
     def start(self, options: ServerOptions, backend) -> None:
@@ -80,6 +99,7 @@ class WorkerSide:
         self.sock, port = bind_router(self.context, WORKER_DOMAIN, self.keys.secret, options.host_address)
         self.address = f"tcp://{options.host_address}:{port}"
         env = worker_environment(self.address, self.keys.secret, self.server_id, options.block_id)
+        env.update(self._bind_local(options))
         if options.accelerators is not None:  # the ids the slot table's GPU numbers stand for
             env[ENV_ACCELERATORS] = as_flag(options.accelerators)
         if options.max_payload_bytes is not None:
@@ -87,10 +107,39 @@ class WorkerSide:
         self.workers = backend.start_workers(self.address, env, options.cwd)
         logger.info("Launching %d workers on %s; backend at %s", self.workers, backend.hostnames(), self.address)
 
+    def bind_clients(self, options: ServerOptions) -> Tuple[zmq.Socket, int, Optional[zmq.Socket], Optional[str]]:
+        """The clients' sockets: TCP + CURVE (and its port), and a Unix socket for a driver on
+        this host (None, None if turned off or impossible) with its address."""
+        sock, port = bind_router(self.context, CLIENT_DOMAIN, options.server_keys.secret, options.host_address)
+        if self.socket_dir is None:
+            return sock, port, None, None
+        address = local_sockets.address(self.socket_dir, "clients.sock")
+        try:
+            return sock, port, bind_local_router(self.context, address), address
+        except zmq.ZMQError as exc:
+            logger.warning("No same-host client socket (%s): clients use TCP + CURVE", exc)
+            return sock, port, None, None
+
+    def _bind_local(self, options: ServerOptions) -> Dict[str, str]:
+        """The workers' Unix socket, for those on this host (none if turned off or impossible)."""
+        if not local_sockets.enabled(os.environ):
+            return {}
+        try:
+            self.socket_dir = local_sockets.socket_directory(os.path.dirname(options.log_path))
+            address = local_sockets.address(self.socket_dir, "workers.sock")
+            self.local_sock = bind_local_router(self.context, address)
+        except (OSError, zmq.ZMQError) as exc:
+            logger.warning("No same-host worker socket (%s): every worker link uses TCP + CURVE", exc)
+            return {}
+        logger.info("Workers on %s connect at %s", socket.gethostname(), address)
+        return {ENV_WORKER_LOCAL_ADDRESS: address, ENV_SERVER_HOST: socket.gethostname()}
+
     def close(self) -> None:
         """Stop the ZAP handler and close every socket of the context (the workers are the
-        backend's to stop, before this)."""
+        backend's to stop, before this); the Unix sockets' files go too."""
         if self.authenticator is not None:
             self.authenticator.stop()  # type: ignore[attr-defined]
             self.authenticator = None
         self.context.destroy(linger=0)
+        if self.socket_dir is not None:
+            local_sockets.remove(self.socket_dir, self.socket_dir)

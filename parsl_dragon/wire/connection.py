@@ -58,6 +58,7 @@ class ConnectionInfo:
     log_path: str
     block_token: Optional[str] = None
     launch_id: Optional[str] = None
+    local_address: Optional[str] = None  # ipc://... for a client on ``host`` (host/local_sockets.py)
 
     def pid_alive(self) -> Optional[bool]:
         """True/False if the server runs on this host and its pid does/doesn't exist; None if unknown."""

@@ -31,12 +31,20 @@ import shutil
 import stat
 import tempfile
 from dataclasses import dataclass
+from socket import gethostname
 from typing import Mapping, Optional, Tuple
 
 import zmq
 import zmq.auth
 
-from parsl_dragon.vocabulary import ENV_WORKER_ADDRESS, ENV_WORKER_SECRET, ENV_WORKER_SERVER_KEY, errors
+from parsl_dragon.vocabulary import (
+    ENV_SERVER_HOST,
+    ENV_WORKER_ADDRESS,
+    ENV_WORKER_LOCAL_ADDRESS,
+    ENV_WORKER_SECRET,
+    ENV_WORKER_SERVER_KEY,
+    errors,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -241,8 +249,12 @@ def make_curve_client(socket: zmq.Socket, secret: bytes, server_public: bytes) -
 
 
 def make_worker_link(socket: zmq.Socket, env: Mapping[str, str]) -> str:
-    """Make ``socket`` a CURVE client of the block's backend socket from the variables the
-    server gives its workers (:data:`~parsl_dragon.vocabulary.WORKER_LINK_VARS`, inherited by
-    every task); returns the address to connect to."""
+    """Make ``socket`` a client of the block's backend socket from the variables the server
+    gives its workers (:data:`~parsl_dragon.vocabulary.WORKER_LINK_VARS`, inherited by every
+    task); returns the address to connect to: the server's Unix socket when this process runs
+    on the server's host (``host/local_sockets.py``), else its TCP address, with CURVE."""
+    local = env.get(ENV_WORKER_LOCAL_ADDRESS)
+    if local and env.get(ENV_SERVER_HOST) == gethostname():
+        return local
     make_curve_client(socket, env[ENV_WORKER_SECRET].encode(), env[ENV_WORKER_SERVER_KEY].encode())
     return env[ENV_WORKER_ADDRESS]

@@ -65,7 +65,9 @@ def via_proxy(shared_server, tmp_path):
     proxy = TcpProxy(host, int(port))
     proxied_dir = tmp_path / "proxied"
     proxied_dir.mkdir(mode=0o700)
-    write_connection(connection_path(str(proxied_dir)), dataclasses.replace(shared_server, address=proxy.address))
+    # the copy names no Unix socket: the proxied link is TCP + CURVE, through the proxy
+    write_connection(connection_path(str(proxied_dir)),
+                     dataclasses.replace(shared_server, address=proxy.address, local_address=None))
     executor = DragonExecutor(label="viaproxy", server_path=str(proxied_dir), heartbeat_period=1.0,
                               heartbeat_threshold=20)
     executor.run_dir = str(tmp_path / "proxied-run")
