@@ -198,8 +198,16 @@ def _kill_connections_to(port):
     assert done.returncode == 0, done.stderr
 
 
-def test_a_cut_worker_link_resyncs_and_the_result_arrives(shared_server):
+@pytest.fixture
+def tcp_shared_server(load_dfk, tmp_path, monkeypatch):
+    """A shared server whose workers link over TCP + CURVE, as on another node (no Unix socket)."""
+    monkeypatch.setenv("PARSL_DRAGON_LOCAL_LINKS", "0")
+    return _serve(load_dfk, tmp_path)
+
+
+def test_a_cut_worker_link_resyncs_and_the_result_arrives(tcp_shared_server):
     import re
+    shared_server = tcp_shared_server
     log = open(shared_server.log_path).read()
     port = int(re.search(r"backend at tcp://127\.0\.0\.1:(\d+)", log).group(1))
     future = nap(3, "worker link survived")

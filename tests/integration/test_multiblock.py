@@ -174,3 +174,26 @@ def test_kept_results_of_a_lost_block_fail_with_result_lost_and_the_other_block_
     with pytest.raises(ResultLost, match=f"task {task}.*lost"):
         block_and_sizes(inputs=[lost_ref]).result(timeout=120)
     assert block_and_sizes(inputs=[kept_ref]).result(timeout=120) == ("1", [("1", 1 << 16)])
+
+
+def _kept_bytes(n):
+    return b"k" * n
+
+
+def test_an_idle_block_holding_referenced_kept_results_is_not_scaled_in_until_they_are_released(load_dfk):
+    """Through the executor (no AppFuture: a test's log capture keeps those, and their results)."""
+    import gc
+    import time
+
+    from parsl_dragon.task.kept import kept_of
+    dfk = load_dfk(provider=provider(init_blocks=1, max_blocks=1), config_options={"max_idletime": 1.0})
+    executor = dfk.executors["dragon"]
+    ref = executor.submit(_kept_bytes, {"keep_result": True}, 1000).result(timeout=BLOCK_START)  # not idle till then
+    assert kept_of(ref) is not None
+    time.sleep(6.0)  # max_idletime and several strategy periods: an idle block without references goes
+    assert connected_blocks(executor) == ["0"], "the block holding a referenced result is still up"
+    assert len(ref) == 1000, "and its result is readable"
+    del ref
+    gc.collect()
+    wait_until(lambda: not executor._servers, 60, "the block to be scaled in once the reference is gone")
+    assert not executor.bad_state_is_set
