@@ -14,7 +14,8 @@ Three kinds of leftovers are tracked:
   ``D<uid last 3><pid last 3>...`` and the shm file gets one more ``D`` in front
   (for uid 0: ``DD0709def0M``), dictionary pools start with ``DD`` too. Hence
   ``^D[D0-9]``, which includes the plain ``^D[0-9]{6}`` form;
-* ``/tmp/dragon-*`` (and Dragon's per-user attach dir ``/tmp/dragon_<uid>``).
+* ``/tmp/dragon-*`` (and Dragon's per-user attach dir ``/tmp/dragon_<uid>``), and the
+  private directories of our same-host sockets, ``/tmp/parsl-dragon-<uid>/*``.
 
 Processes are identified by (pid, start time) so a recycled pid is not mistaken
 for an old process. The current process and its ancestors are never reported.
@@ -31,7 +32,7 @@ from typing import Dict, Iterable, List, Optional, Set
 
 SHM_DIR = "/dev/shm"
 SHM_POOL_RE = re.compile(r"^D[D0-9]")
-TMP_GLOBS = ("/tmp/dragon-*", "/tmp/dragon_*")
+TMP_GLOBS = ("/tmp/dragon-*", "/tmp/dragon_*", f"/tmp/parsl-dragon-{os.getuid()}/*")  # the last: same-host sockets
 
 # Console scripts of dragonhpc that run (parts of) the runtime.
 DRAGON_PROGRAMS = {

@@ -30,7 +30,7 @@ from parsl_dragon.cli.discover import Found, load_found, on_this_host
 from parsl_dragon.cli.report import EXIT_FAILED, EXIT_OK, Report
 from parsl_dragon.cli.sessions import HANDSHAKE_TIMEOUT, Sessions, client_key_path, why
 from parsl_dragon.errors import ConfigurationError, DragonExecutorError
-from parsl_dragon.host import shm
+from parsl_dragon.host import local_sockets, shm
 from parsl_dragon.host.processes import ProcessHandle
 from parsl_dragon.vocabulary import RUNTIME_STOP_GRACE_SECONDS
 from parsl_dragon.wire.connection import CONNECTION_FILE, ConnectionInfo, read_connection, remove_connection
@@ -158,6 +158,8 @@ def clean_local(found: Found, block: Block, launcher: Optional[int], out: Report
         if kept:
             out.say(f"kept {len(kept)} shm pools ({', '.join(os.path.basename(k) for k in kept)}): another live "
                     "process uses them, or a live dragon launcher could have made the same names")
+    if not block.server_running():  # its same-host Unix sockets, if it could not remove them itself
+        local_sockets.remove(os.path.dirname(block.info.log_path))
     if block.server_running():
         out.say("kept the connection file: the server is still running", ok=False)
     elif remove_connection(found.path, block.info.server_id):

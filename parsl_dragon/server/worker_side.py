@@ -88,6 +88,7 @@ class WorkerSide:
     address: str = ""
     local_sock: Optional[zmq.Socket] = None  # the same-host workers' Unix socket, if enabled
     socket_dir: Optional[str] = None  # where the block's Unix sockets are
+    block_dir: str = ""
     workers: int = 0
 
     def start(self, options: ServerOptions, backend) -> None:
@@ -124,8 +125,9 @@ class WorkerSide:
         """The workers' Unix socket, for those on this host (none if turned off or impossible)."""
         if not local_sockets.enabled(os.environ):
             return {}
+        self.block_dir = os.path.dirname(options.log_path)
         try:
-            self.socket_dir = local_sockets.socket_directory(os.path.dirname(options.log_path))
+            self.socket_dir = local_sockets.socket_directory(self.block_dir)
             address = local_sockets.address(self.socket_dir, "workers.sock")
             self.local_sock = bind_local_router(self.context, address)
         except (OSError, zmq.ZMQError) as exc:
@@ -142,4 +144,4 @@ class WorkerSide:
             self.authenticator = None
         self.context.destroy(linger=0)
         if self.socket_dir is not None:
-            local_sockets.remove(self.socket_dir, self.socket_dir)
+            local_sockets.remove(self.block_dir, self.socket_dir)
