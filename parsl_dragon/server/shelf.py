@@ -50,6 +50,7 @@ class Shelf:
         self.ddict = ddict
         self.creator = creator
         self.directory: Optional[str] = None
+        self._lock_name = "parsl-dragon-kept-" + hashlib.sha1(self.descriptor.encode()).hexdigest()[:20]  # per DDict
         self._handles: Dict[int, Any] = {}
 
     @classmethod
@@ -91,7 +92,7 @@ class Shelf:
         and each first asks the manager whether a block of the value's size is free."""
         manager = self.local_manager
         handle = self._handle(manager)
-        with NodeLock("parsl-dragon-kept-" + hashlib.sha1(self.descriptor.encode()).hexdigest()[:20]):
+        with NodeLock(self._lock_name):
             room = free_room(handle.dstats.get(manager))
             if room < block_size(len(data)):
                 raise ShelfFull(f"the node's store has no free block of {block_size(len(data))} bytes "
