@@ -60,7 +60,7 @@ fi
 
 # Reinstall only when the packaging files or the interpreter changed since the last
 # successful run, or when the installed environment no longer imports.
-want_stamp="$(cat "$ROOT/pyproject.toml" "$ROOT/setup.cfg" 2>/dev/null | "$VPY" -c '
+want_stamp="$(cat "$ROOT/pyproject.toml" "$ROOT/setup.cfg" "$ROOT/setup.py" 2>/dev/null | "$VPY" -c '
 import hashlib, sys
 print(hashlib.sha256(sys.stdin.buffer.read() + sys.version.encode()).hexdigest())')"
 have_stamp="$(cat "$STAMP" 2>/dev/null || true)"
@@ -69,7 +69,8 @@ installed_ok() {  # from outside the repo, so it is the installed package that i
     (cd / && "$VPY" - <<'EOF' >/dev/null 2>&1
 import importlib.metadata as md, importlib.util, sys
 md.version("parsl-dragon")
-for mod in ("parsl_dragon", "parsl", "zmq", "dragon", "pytest", "pytest_timeout", "random_order", "hypothesis"):
+for mod in ("parsl_dragon", "parsl", "zmq", "dragon", "pytest", "pytest_timeout", "random_order", "hypothesis",
+            "globus_compute_endpoint"):
     if importlib.util.find_spec(mod) is None:
         sys.exit(1)
 EOF

@@ -286,7 +286,7 @@ class DragonClient:
         self._inbox.put(ResultsArrived(link.server_id, message))
 
     def _on_heartbeat(self, link: ServerLink, message: p.Heartbeat) -> None:
-        pass  # last_seen is renewed by every message
+        link.load = message  # last_seen is renewed by every message; its figures feed status reports
 
     def _on_incoming(self, link: ServerLink, message: p.Incoming) -> None:
         link.last_seen = time.monotonic() + frames.lease_extension(message.nbytes)  # nothing arrives before it

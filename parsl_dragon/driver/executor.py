@@ -28,7 +28,7 @@ import os
 import pickle
 import socket
 from concurrent.futures import Future
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import typeguard
 from parsl.executors.status_handling import BlockProviderExecutor
@@ -43,7 +43,7 @@ from parsl_dragon.core.accelerators import as_flag, parse_accelerators
 from parsl_dragon.core.spec import normalize_spec
 from parsl_dragon.driver.blocks import BlockLaunch, BlockWatch, host_address, on_driver_host, shared_server
 from parsl_dragon.driver.client import DragonClient
-from parsl_dragon.driver.futures import TaskTable, set_exception
+from parsl_dragon.driver.futures import BlockFigures, TaskTable, set_exception
 from parsl_dragon.driver.kept import KeptResults
 from parsl_dragon.driver.launchers import check_launcher, default_launcher
 from parsl_dragon.driver.links import ServerLink
@@ -202,6 +202,9 @@ class DragonExecutor(BlockScaling, BlockProviderExecutor, RepresentationMixin):
         self._attached = False
         self._early_blocks: Optional[List[str]] = None  # init_blocks launched by start(), not by the strategy
         self._stopping = self._started = False
+        # Called (under the task table's lock; keep it short) with (task id, block id) pairs as tasks
+        # are sent to a block's server: the Globus Compute engine reports them as running there.
+        self.on_placed: Optional[Callable[[List[Tuple[int, Optional[str]]]], None]] = None
 
     # RepresentationMixin reads init args by name; workers_per_node is also Parsl's property.
     @property
@@ -325,6 +328,8 @@ class DragonExecutor(BlockScaling, BlockProviderExecutor, RepresentationMixin):
         for send in sends:
             self._client.send_task(  # type: ignore[union-attr]
                 send.server_id, p.TaskEntry(send.task_id, send.spec), send.payload)
+        if sends and self.on_placed is not None:
+            self.on_placed([(send.task_id, self._table.block_of(send.server_id)) for send in sends])
 
     def _on_results(self, server_id: str, message: p.TaskResults) -> None:
         self._blocks.results_from(server_id)  # the first ones end the block's start-up timeline
@@ -345,6 +350,10 @@ class DragonExecutor(BlockScaling, BlockProviderExecutor, RepresentationMixin):
 
     def outstanding(self) -> int:
         return len(self._tasks)
+
+    def figures(self) -> Tuple[List[BlockFigures], int, int]:
+        """Each connected block's server, workers and tasks; the tasks waiting for room; tasks submitted."""
+        return self._table.figures()
 
     def _on_reconnected(self, server_id: str) -> None:
         """The link to a server came back: tell it which tasks we still wait for (``Sync``);

@@ -9,6 +9,7 @@ releasing it, so a done-callback may submit again::
     result thread       on_results()      -> resolve(): the outcome of each task that server holds
                         take_server()     -> the server's futures, for the caller to fail
     shutdown            clear()           -> every future still open, for the caller to fail
+    status reports      figures()         -> each server's block, workers and tasks, and the tasks waiting
 
 How one ``TaskResult`` resolves a future::
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from parsl.serialize import deserialize
@@ -35,6 +37,22 @@ from parsl_dragon.errors import failure
 from parsl_dragon.wire import protocol as p
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BlockFigures:
+    """One connected server as a status report sees it. ``in_flight`` is exact (the tasks this executor
+    sent there and awaits); ``running`` and ``queued`` are the server's own figures as of its last
+    heartbeat (``None`` before the first one)."""
+
+    block_id: Optional[str]
+    server_id: str
+    host: str
+    nodes: List[str]
+    workers: int
+    in_flight: int
+    running: Optional[int]
+    queued: Optional[int]
 
 
 def set_exception(future: Future, exc: BaseException) -> None:
@@ -139,6 +157,20 @@ class TaskTable:
         """The tasks in flight at the servers of block ``block_id``."""
         with self.lock:
             return set().union(*[s.tasks for s in self.servers if s.block_id == block_id])
+
+    def figures(self) -> Tuple[List[BlockFigures], int, int]:
+        """Each connected server's figures, the tasks waiting here for room, and the tasks submitted so far."""
+        with self.lock:
+            blocks = [BlockFigures(s.block_id, s.server_id, s.link.welcome.host, list(s.link.welcome.nodes),
+                                   s.link.load.workers if s.link.load else s.link.welcome.workers, len(s.tasks),
+                                   s.link.load.running if s.link.load else None,
+                                   s.link.load.queued if s.link.load else None) for s in self.servers]
+            return blocks, len(self.router.pending), self._counter
+
+    def block_of(self, server_id: str) -> Optional[str]:
+        """The block of a connected server (``None`` for a shared server or one gone)."""
+        server = self.router.servers.get(server_id)
+        return server.block_id if server is not None else None
 
     def has_server(self, block_id: str) -> bool:
         return any(s.block_id == block_id for s in self.servers)

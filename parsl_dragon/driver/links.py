@@ -50,6 +50,7 @@ class ServerLink:
     last_seen: float = field(default_factory=time.monotonic)
     stopping: str = ""  # the server said it is stopping: lose it at the next tick, not after the lease
     down_since: Optional[float] = None  # the connection dropped; libzmq is reconnecting
+    load: Optional[p.Heartbeat] = None  # the server's last heartbeat: its workers, running and queued tasks
 
     @property
     def server_id(self) -> str:

@@ -23,6 +23,7 @@ ALLOWED = {
     "driver": {"core", "wire", "task", "host"},   # task: the DragonRadio config object only
     "server": {"core", "wire", "host", "task"},
     "cli": {"driver", "wire", "host"},
+    "globus_compute": {"driver"},  # the endpoint process: an engine over a DragonExecutor
 }
 PURE = {"core", "host", ""}  # import neither zmq nor dragon
 DRAGON_ONLY_IN = {"server/backend.py", "server/shelf.py"}  # the runtime; the kept-results DDict
