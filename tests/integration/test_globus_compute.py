@@ -24,6 +24,8 @@ from globus_compute_endpoint.endpoint.config.config import UserEndpointConfig
 from globus_compute_endpoint.engines.base import GCFuture
 from globus_compute_sdk.sdk.mpi_function import MPIFunction
 from globus_compute_sdk.serialize import ComputeSerializer
+from parsl.jobs.states import JobState
+from parsl.providers import LocalProvider
 
 from parsl_dragon.globus_compute.engine import DragonEngine
 from tests import leaks
@@ -182,6 +184,24 @@ def test_the_status_report_has_the_blocks_workers_and_tasks(engine):
     assert block["job_id"] == str(engine.executor.blocks_to_job_id["0"])
     assert (block["workers"], block["running"], block["in_flight"]) == (3, 0, 0)
     assert list(state["node_info"]) == [block["job_id"]]
+
+
+def test_parsls_job_status_poller_scales_blocks_out_for_work_and_in_when_idle(no_leaks, tmp_path):
+    engine = DragonEngine(provider=LocalProvider(init_blocks=0, min_blocks=0, max_blocks=1), workers_per_node=1,
+                          heartbeat_period=1.0, job_status_kwargs={"strategy": "simple", "strategy_period": 0.2,
+                                                                   "max_idletime": 1.0})
+    engine.start(endpoint_id=uuid.uuid4(), run_dir=str(tmp_path))
+    try:
+        assert engine.get_status_report().global_state["blocks"] == {}  # nothing until there is work
+        assert value(submit(engine, add, 20, 22)) == 42
+        assert engine.get_status_report().global_state["managers"] == 1
+        deadline = time.monotonic() + 60
+        while not engine.executor.status_facade["0"].terminal and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert engine.executor.status_facade["0"].state == JobState.SCALED_IN  # idle for max_idletime
+        assert engine.get_status_report().global_state["blocks"] == {}
+    finally:
+        engine.shutdown(block=True)
 
 
 # ---- the endpoint's own paths -----------------------------------------------------------------

@@ -7,12 +7,14 @@ import json
 import os
 import pathlib
 import pwd
+import shutil
 import site
 import subprocess
 import sys
 import textwrap
 import types
 import uuid
+import zipfile
 
 import pytest
 from globus_compute_endpoint.endpoint.config.config import CoreEndpointConfig, UserEndpointConfig
@@ -44,12 +46,16 @@ def test_an_endpoint_process_that_imports_only_globus_compute_finds_dragon_engin
           type: DragonEngine
           workers_per_node: 3
           pmi: none
+          address:
+            type: address_by_hostname
           provider:
             type: LocalProvider
             init_blocks: 1
             max_blocks: 1
         ''')
         engine = config.engine
+        from parsl.addresses import address_by_hostname
+        assert engine.executor.address == address_by_hostname()  # the address: sub-dict, built by name
         print(type(engine).__module__, type(engine).__name__, engine.executor.workers_per_node,
               engine.executor.pmi, type(engine.executor.provider.launcher).__name__)
     """)
@@ -77,6 +83,35 @@ def test_the_hook_file_is_installed_and_recorded():
     assert len(pth) == 1 and str(pth[0]) == "parsl_dragon_globus_compute.pth"  # the top of site-packages
     line = pth[0].locate().read_text()
     assert "parsl_dragon.globus_compute.registration" in line and "install()" in line
+
+
+def test_a_built_wheel_carries_the_hook_at_its_root_and_the_hook_works(tmp_path):
+    """What users install is a wheel, not this editable tree: build one, install it under a prefix, and
+    let Python's site machinery (addsitedir, which runs .pth files) find the engine from that copy."""
+    source = tmp_path / "source"  # a copy: building in the tree would leave build/ and egg-info behind
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "build", "*.egg-info", "runinfo", "demo-output", "__pycache__", ".pytest_cache"))
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"),
+                            str(source)], capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr[-3000:]
+    wheel = next((tmp_path / "dist").glob("parsl_dragon-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        assert "parsl_dragon_globus_compute.pth" in archive.namelist()
+    prefix = tmp_path / "prefix"
+    # --ignore-installed: otherwise pip would first uninstall this venv's own (editable) parsl-dragon
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--ignore-installed", "-q",
+                              "--prefix", str(prefix), str(wheel)], capture_output=True, text=True, timeout=600)
+    assert install.returncode == 0, install.stderr[-3000:]
+    wheel_site = next(prefix.glob("lib/python*/site-packages"))
+    script = ("import sys, site; sys.path.extend(sys.argv[2:]); site.addsitedir(sys.argv[1]); "
+              "import globus_compute_endpoint.engines as e; print(e.DragonEngine.__module__, "
+              "sys.modules['parsl_dragon'].__file__.startswith(sys.argv[1]))")
+    # -S: none of this venv's .pth files (its editable parsl_dragon); its other packages by path only
+    out = subprocess.run([sys.executable, "-S", "-c", script, str(wheel_site), *site.getsitepackages()],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["parsl_dragon.globus_compute.engine", "True"]
+    assert importlib.metadata.version("parsl-dragon")  # this venv's own install is untouched
 
 
 def _module(name="fake_engines", **attrs):
