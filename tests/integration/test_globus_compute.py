@@ -204,6 +204,28 @@ def test_parsls_job_status_poller_scales_blocks_out_for_work_and_in_when_idle(no
         engine.shutdown(block=True)
 
 
+def test_blocks_that_cannot_start_stop_the_endpoint_with_their_error(no_leaks, tmp_path):
+    """Every block fails (its job exits before Dragon starts): Parsl's block error handler puts the
+    executor in a bad state, the engine's executor_exception (which the interchange watches) says
+    why, and the waiting function comes back as an error result, not a hang."""
+    engine = DragonEngine(provider=LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1,
+                                                 worker_init="echo no-such-environment >&2; exit 3"),
+                          heartbeat_period=1.0, job_status_kwargs={"strategy": "simple", "strategy_period": 0.2})
+    engine.start(endpoint_id=uuid.uuid4(), run_dir=str(tmp_path))
+    try:
+        result = outcome(submit(engine, add, 1, 2))
+        assert result.is_error
+        deadline = time.monotonic() + 60
+        while engine.executor_exception is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert engine.executor_exception is not None
+        assert "did not start a Dragon server" in str(engine.executor_exception)
+        assert "Logs:" in str(engine.executor_exception) and "boot.log" in str(engine.executor_exception)
+        assert "did not start a Dragon server" in result.data  # the function's error result says why too
+    finally:
+        engine.shutdown(block=True)
+
+
 # ---- the endpoint's own paths -----------------------------------------------------------------
 
 YAML_ENDPOINT = textwrap.dedent('''
