@@ -303,6 +303,10 @@ class SlotTable:
         self._index(node)
         return self._schedule()
 
+    def fits(self, shape: Shape) -> bool:
+        """Whether a task of ``shape`` (nodes, cores and GPUs per node) can ever run here; cached per shape."""
+        return self._shape_fits(shape)
+
     # ---- internals: nodes -----------------------------------------------
     def _shape_fits(self, shape: Shape) -> bool:
         if shape not in self._fits:

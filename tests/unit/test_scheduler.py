@@ -64,6 +64,20 @@ def test_multi_node_task_spans_distinct_hosts():
     assert s.host_of_worker(a.worker_id) == a.placement.hosts[0], "the app runs on the first host"
 
 
+def test_a_shape_that_fits_is_not_checked_against_every_node_again(monkeypatch):
+    """The per-task scan of all nodes grew a 2,000-node block's cost per task x3: only misfits scan."""
+    from parsl_dragon.core import scheduler as module
+    s = scheduler(nodes=(("n1", 2), ("n2", 2)), workers=1)
+    scans = []
+    monkeypatch.setattr(module, "check_fits", lambda spec, nodes: scans.append(len(nodes)))
+    for task_id in range(1, 4):
+        s.submit(task_id, MPI_2x2)
+    assert scans == []
+    with pytest.raises(ValueError, match="never fits"):  # the table's own guard, as the stand-in did not raise
+        s.submit(4, TaskSpec(cpus_per_rank=3))  # fits no node: scanned (the real check_fits raises, naming keys)
+    assert scans == [2]
+
+
 def test_too_large_or_malformed_requests_are_refused():
     s = scheduler(nodes=(("n1", 4),), workers=1)
     with pytest.raises(InvalidResourceSpecification, match="num_nodes"):
