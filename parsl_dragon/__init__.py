@@ -22,7 +22,7 @@ _EXPORTS: Dict[str, str] = {
     "DragonLauncher": "parsl_dragon.driver.launchers",
     "DragonRadio": "parsl_dragon.task.monitoring",
     **{name: "parsl_dragon.errors" for name in (
-        "DragonExecutorError", "ConfigurationError", "InsecureKeyPath", "ServerStartupError",
+        "DragonExecutorError", "ConfigurationError", "InsecureKeyPath", "ServerStartupError", "ServerCapacityError",
         "ServerConnectionError", "AuthenticationFailed", "HandshakeTimeout", "VersionMismatch", "ServerLost",
         "WorkerLost", "TaskLost", "PayloadTooLarge", "InsecurePath", "ProtocolError", "RankFailure", "ResultLost")},
     "is_kept": "parsl_dragon.task.kept",
@@ -44,6 +44,7 @@ if TYPE_CHECKING:  # what static checkers see; at run time __getattr__ below imp
         ProtocolError,
         RankFailure,
         ResultLost,
+        ServerCapacityError,
         ServerConnectionError,
         ServerLost,
         ServerStartupError,

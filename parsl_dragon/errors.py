@@ -9,6 +9,8 @@ Every error this package raises on purpose derives from Parsl's ``ExecutorError`
           │    └── InsecurePath         a file or directory that others own or can write
           │         └── InsecureKeyPath key directory or secret file too open
           ├── ServerStartupError        block never produced a live server (says where the log is)
+          ├── ServerCapacityError       a server cannot hold its workers' links (file descriptors,
+          │                             memory): names the limit and the setting to change
           ├── ServerConnectionError     cannot talk to a server
           │    ├── AuthenticationFailed server rejected this client's CURVE key
           │    ├── HandshakeTimeout     no reply within ``timeout_ms``
@@ -77,6 +79,13 @@ class InsecureKeyPath(InsecurePath):
 
 class ServerStartupError(DragonExecutorError):
     """A block did not produce a live Dragon server within the start-up timeout."""
+
+
+class ServerCapacityError(DragonExecutorError):
+    """A block's server cannot hold the links of the workers it would start: they need more file
+    descriptors than its ``RLIMIT_NOFILE`` allows, or more memory than its node has available.
+    Raised in the server before any worker starts (``server/limits.py``); the message names the
+    numbers and what to change (``ulimit -n``, ``workers_per_node``)."""
 
 
 class ServerConnectionError(DragonExecutorError):

@@ -86,6 +86,9 @@ DEFAULT_TIMEOUT_MS = 30_000           # one request to a server (handshake, stat
 # (ProcessGroup start-up grows with the rank count and the node count).
 DEFAULT_RANK_STARTUP_TIMEOUT_MS = 60_000
 RANK_STARTUP_MS_PER_RANK = 10
+# In a block's directory: the server writes why it refused to start (server/limits.py), and boot
+# then does not start the runtime again, as it does after a crash (server/runtime.py).
+SERVER_REFUSED_FILE = "server-refused"
 # Time a block's server waits, once it has published its connection file, for its driver to
 # connect; then it stops, so a block whose driver died during start-up does not hold the
 # allocation (the driver's watcher connects within a second of the file appearing).

@@ -18,15 +18,23 @@ from parsl_dragon.vocabulary import KEPT_RESULTS_MEMORY_SHARE, MAX_PAYLOAD_MEMOR
 FALLBACK_MEMORY_BYTES = 16 << 30  # when /proc/meminfo and sysconf both fail
 
 
-def total_memory_bytes(meminfo: str = "/proc/meminfo") -> Optional[int]:
-    """Physical memory of this host in bytes (``MemTotal``), or None if it cannot be read."""
+def meminfo_bytes(field: str, meminfo: str = "/proc/meminfo") -> Optional[int]:
+    """One ``/proc/meminfo`` field (``MemTotal``, ``MemAvailable``...) in bytes, or None if it cannot be read."""
     try:
         with open(meminfo) as handle:
             for line in handle:
-                if line.startswith("MemTotal:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
+    return None
+
+
+def total_memory_bytes(meminfo: str = "/proc/meminfo") -> Optional[int]:
+    """Physical memory of this host in bytes (``MemTotal``), or None if it cannot be read."""
+    found = meminfo_bytes("MemTotal", meminfo)
+    if found is not None:
+        return found
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):

@@ -62,6 +62,7 @@ from parsl_dragon.vocabulary import (
     DEFAULT_TRANSPORT,
     ENV_BLOCK_TOKEN,
     ENV_NODES_PER_BLOCK,
+    SERVER_REFUSED_FILE,
     TRANSPORTS,
     errors,
 )
@@ -245,7 +246,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _stop(exc, 127)
     return Boot(command, env, os.path.join(args.block_dir, "dragon.log"), token,
                 connection_file=server_flag(server_args, "--connection-file"), driver=driver,
-                startup_dir=args.block_dir).run()
+                startup_dir=args.block_dir, refused_file=os.path.join(args.block_dir, SERVER_REFUSED_FILE)).run()
 
 
 def _stop(why: object, code: int) -> int:

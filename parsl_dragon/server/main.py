@@ -3,7 +3,12 @@
 ``boot`` starts it as ``dragon ... python -m parsl_dragon.server.main ARGS``.
 It loads the server's CURVE keys and the trusted client keys from the key
 directory, builds the backend, starts the workers, then imports and builds the
-service, and turns SIGTERM/SIGINT into a graceful stop.
+service, and turns SIGTERM/SIGINT into a graceful stop. Before any worker starts it raises its
+file descriptor limit and refuses, naming the limit and the setting, workers whose links it
+could not hold (``server/limits.py``).
+
+``--simulated-nodes N`` (``benchmarks/scale.py`` only) runs the same server over N made-up
+nodes whose workers are not processes but a benchmark's simulated links (``server/simulated.py``).
 
 Workers first: a worker and the service each take most of a second to import (Parsl,
 mostly), so this module imports neither the service nor Parsl before the workers are
@@ -23,7 +28,7 @@ from typing import List, Optional
 from parsl_dragon.core.accelerators import parse_accelerators
 from parsl_dragon.host import startup
 from parsl_dragon.host.memory import default_kept_results_memory, default_max_payload_bytes
-from parsl_dragon.server import address
+from parsl_dragon.server import address, limits
 from parsl_dragon.server.options import ServerOptions
 from parsl_dragon.server.worker_side import WorkerSide
 from parsl_dragon.vocabulary import (
@@ -33,6 +38,8 @@ from parsl_dragon.vocabulary import (
     DEFAULT_RANK_STARTUP_TIMEOUT_MS,
     LOOPBACK,
     RANK_STARTUP_MS_PER_RANK,
+    SERVER_REFUSED_FILE,
+    errors,
     parse_timeout_ms,
 )
 from parsl_dragon.wire import security
@@ -74,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--block-id", default=None)
     parser.add_argument("--launch-id", default=None, help="the executor's id of this block launch (connection file)")
     parser.add_argument("--launcher-pid", type=int, default=None)
+    parser.add_argument("--simulated-nodes", type=int, default=None,
+                        help="benchmarks only: N made-up nodes, no worker processes; simulated workers connect "
+                             "with the link written to the block directory (server/simulated.py)")
     parser.add_argument("--debug", action="store_true")
     return parser
 
@@ -159,6 +169,20 @@ def options_from(args: argparse.Namespace) -> ServerOptions:
         rank_startup_timeout_ms=args.rank_startup_timeout_ms)
 
 
+def make_backend(args: argparse.Namespace):
+    """The block's backend (Dragon's, or simulated nodes), once this process can hold its workers'
+    links (``ServerCapacityError`` otherwise)."""
+    if args.simulated_nodes is not None:
+        from parsl_dragon.server.simulated import SimulatedBackend
+        backend = SimulatedBackend(args.simulated_nodes, os.path.dirname(os.path.abspath(args.log_file)),
+                                   cores=args.cores_per_node, workers_per_node=args.workers_per_node)
+    else:
+        from parsl_dragon.server.backend import DragonBackend
+        backend = DragonBackend(workers_per_node=args.workers_per_node)
+    limits.check_capacity(backend)
+    return backend
+
+
 def start_server(options: ServerOptions, backend):
     """Start the workers, then import and build the service while they import Parsl. The
     service, or None when either step failed (then nothing this started is left running)."""
@@ -184,9 +208,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     logger.info("Dragon server starting: pid %d, argv %s", os.getpid(), sys.argv[1:])
     try:
         options = options_from(args)
-        from parsl_dragon.server.backend import DragonBackend
-        backend = DragonBackend(workers_per_node=args.workers_per_node)
-    except Exception:
+        backend = make_backend(args)
+    except Exception as exc:
+        if isinstance(exc, errors().ServerCapacityError):  # the error path alone imports the tree (Parsl)
+            logger.error("Server refuses to start: %s", exc)
+            with open(os.path.join(os.path.dirname(os.path.abspath(args.log_file)), SERVER_REFUSED_FILE), "w") as out:
+                out.write(f"{exc}\n")  # boot reads it: a refusal is not retried like a crash
+            return 2
         logger.exception("Server could not be set up")
         return 2
     early: List[str] = []  # stop requests that came while the service was being imported

@@ -44,10 +44,11 @@ class Boot:
     def __init__(self, command: List[str], env: Dict[str, str], log_path: str, token: str,
                  connection_file: Optional[str] = None, attempts: int = START_ATTEMPTS,
                  pause: float = RETRY_PAUSE_SECONDS, driver: Optional[DriverWatch] = None,
-                 startup_dir: Optional[str] = None) -> None:
+                 startup_dir: Optional[str] = None, refused_file: Optional[str] = None) -> None:
         self.command, self.env, self.log_path, self.token = command, env, log_path, token
         self.startup_dir = startup_dir  # where the block's start-up milestones go (host/startup.py)
         self.connection_file, self.attempts, self.pause = connection_file, attempts, pause
+        self.refused_file = refused_file  # written by a server that refuses to start: no second attempt
         self.driver = driver
         self.child: Optional[subprocess.Popen] = None
         self.signalled = 0  # the first stop signal received, acted on by the main loop
@@ -125,6 +126,9 @@ class Boot:
             code = self._run_once()
             self._check_requests()
             if code == 0 or self.stop_requested or self.server_seen or attempt >= self.attempts:
+                return code
+            if self.refused_file is not None and os.path.exists(self.refused_file):
+                logger.error("The server refused to start (%s): not starting the runtime again", self.refused_file)
                 return code
             logger.warning("Runtime failed (code %s) before the server came up (attempt %d of %d): "
                            "starting it again in %.0fs", code, attempt, self.attempts, self.pause)

@@ -234,6 +234,17 @@ def test_a_runtime_that_keeps_failing_is_given_up_after_the_attempts(run_boot):
     assert run_boot('echo -n x >> "$ATTEMPTS"; exit 7\n', attempts=1)[0] == 7
 
 
+def test_no_second_start_after_a_server_that_refused_to_start(run_boot, tmp_path, caplog):
+    """A server that cannot hold its workers (server/limits.py) says so in the block's refusal file:
+    starting the runtime again would only repeat the refusal after the retry pause."""
+    refused = tmp_path / "server-refused"
+    with caplog.at_level(logging.ERROR, logger="parsl_dragon.server.runtime"):
+        code, attempts = run_boot('echo -n x >> "$ATTEMPTS"; echo too many workers > "$REFUSED"; exit 2\n',
+                                  env={"REFUSED": str(refused)}, refused_file=str(refused))
+    assert (code, attempts) == (2, 1)
+    assert "refused to start" in caplog.text
+
+
 def test_no_second_start_once_the_server_had_come_up(run_boot):
     script = 'echo -n x >> "$ATTEMPTS"; echo {} > "$CONN"; sleep 1; rm "$CONN"; exit 1\n'
     assert run_boot(script) == (1, 1), "a runtime that failed after the server was up is not restarted"

@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import socket
+import subprocess
 import time
 
 import pytest
@@ -17,7 +18,7 @@ from parsl_dragon.server.auth import CLIENT_DOMAIN
 from parsl_dragon.server.options import ServerOptions
 from parsl_dragon.server.publish import publish
 from parsl_dragon.server.service import Server
-from parsl_dragon.server.worker_side import bind_router
+from parsl_dragon.server.worker_side import LISTEN_BACKLOG, bind_router
 from parsl_dragon.wire import protocol as p
 from parsl_dragon.wire.connection import ConnectionInfo, connection_path, read_connection, write_connection
 from parsl_dragon.wire.security import ephemeral_pair
@@ -224,6 +225,11 @@ def test_sockets_bind_only_the_published_address(server):
     try:
         assert sock.getsockopt(zmq.LAST_ENDPOINT).decode() == f"tcp://127.0.0.1:{port}"
         assert sock.getsockopt(zmq.MAXMSGSIZE) == p.MAX_WIRE_FRAME_BYTES == p.MAX_FRAME_BYTES + 33
+        # the kernel's accept queue (ss shows a listening socket's backlog as Send-Q): libzmq's 100 made
+        # thousands of workers connecting at once wait out SYN retries
+        listing = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout.split()
+        somaxconn = int(open("/proc/sys/net/core/somaxconn").read())
+        assert int(listing[2]) == min(LISTEN_BACKLOG, somaxconn) > 100, listing
     finally:
         sock.close(linger=0)
 
