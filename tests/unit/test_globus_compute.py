@@ -107,8 +107,10 @@ def test_a_built_wheel_carries_the_hook_at_its_root_and_the_hook_works(tmp_path)
               "import globus_compute_endpoint.engines as e; print(e.DragonEngine.__module__, "
               "sys.modules['parsl_dragon'].__file__.startswith(sys.argv[1]))")
     # -S: none of this venv's .pth files (its editable parsl_dragon); its other packages by path only
+    # and no PYTHONPATH (the integration tests put this tree on it): parsl_dragon must come from the wheel
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run([sys.executable, "-S", "-c", script, str(wheel_site), *site.getsitepackages()],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["parsl_dragon.globus_compute.engine", "True"]
     assert importlib.metadata.version("parsl-dragon")  # this venv's own install is untouched
