@@ -66,8 +66,20 @@ class Shelf:
 
     @classmethod
     def attach(cls, descriptor: str) -> "Shelf":
-        with _our_log_handlers():
-            return cls(DDict.attach(descriptor, timeout=TIMEOUT_S), creator=False)
+        """Attach a worker to the block's DDict. A process's first request to Dragon's local services
+        initializes a lock lazily, and a second thread's first request at the same moment fails with
+        ``DRAGON_LOCK_ALREADY_INITD`` (seen once in a worker's attach); the lock is then initialized,
+        so that failure is tried once more."""
+        for attempt in (1, 2):
+            try:
+                with _our_log_handlers():
+                    return cls(DDict.attach(descriptor, timeout=TIMEOUT_S), creator=False)
+            except Exception as exc:
+                if attempt == 2 or not _lock_init_race(exc):
+                    raise
+                logger.warning("Attaching the kept-results store met Dragon's lock initialization race; "
+                               "trying again")
+        raise AssertionError("unreachable")
 
     @property
     def descriptor(self) -> str:
@@ -200,6 +212,16 @@ def _our_log_handlers() -> Iterator[None]:
             if handler not in root.handlers:
                 root.addHandler(handler)
         root.setLevel(level)
+
+
+def _lock_init_race(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) is Dragon's lazy lock initialization race."""
+    seen: Optional[BaseException] = exc
+    while seen is not None:
+        if "DRAGON_LOCK_ALREADY_INITD" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _quietly(call: Any) -> Optional[Exception]:

@@ -108,6 +108,39 @@ def test_node_lock_is_exclusive_and_released_on_close():
     assert order == ["a", "b"]
 
 
+def test_attach_tries_again_only_after_dragons_lock_initialization_race(monkeypatch):
+    """The race itself cannot be produced on demand: a stand-in for DDict.attach fails as a worker's
+    attach was seen to fail (Dragon's ChannelError wrapped in a RuntimeError), then succeeds."""
+    from parsl_dragon.server import shelf
+
+    class Race(Exception):
+        pass
+
+    calls = []
+
+    class StandInDDict:
+        @staticmethod
+        def attach(descriptor, timeout):
+            calls.append(descriptor)
+            if len(calls) == 1:
+                try:
+                    raise Race("Could not create process local channel | Return Code: DRAGON_LOCK_ALREADY_INITD")
+                except Race:
+                    raise RuntimeError("There is an exception __setstate__ of ddict.")
+            if descriptor == "broken":
+                raise RuntimeError("some other failure")
+            return SimpleNamespace(serialize=lambda: descriptor)
+
+    from types import SimpleNamespace
+    monkeypatch.setattr(shelf, "DDict", StandInDDict)
+    assert shelf.Shelf.attach("d1").descriptor == "d1" and calls == ["d1", "d1"]
+    calls.clear()
+    calls.append("first call already made")  # the next failure is not the race: no second try
+    with pytest.raises(RuntimeError, match="some other failure"):
+        shelf.Shelf.attach("broken")
+    assert calls == ["first call already made", "broken"]
+
+
 def test_a_reference_whose_server_is_gone_raises_result_lost_naming_the_task():
     k.forget_reader("s-gone", "its block's server s-gone was lost: lease expired")
     ref = k.KeptResult("s-gone", "t1", 0, 100, 42)
