@@ -169,12 +169,17 @@ def options_from(args: argparse.Namespace) -> ServerOptions:
         rank_startup_timeout_ms=args.rank_startup_timeout_ms)
 
 
+def block_dir(args: argparse.Namespace) -> str:
+    """The block's directory: the one the server's log is in."""
+    return os.path.dirname(os.path.abspath(args.log_file))
+
+
 def make_backend(args: argparse.Namespace):
     """The block's backend (Dragon's, or simulated nodes), once this process can hold its workers'
     links (``ServerCapacityError`` otherwise)."""
     if args.simulated_nodes is not None:
         from parsl_dragon.server.simulated import SimulatedBackend
-        backend = SimulatedBackend(args.simulated_nodes, os.path.dirname(os.path.abspath(args.log_file)),
+        backend = SimulatedBackend(args.simulated_nodes, block_dir(args),
                                    cores=args.cores_per_node, workers_per_node=args.workers_per_node)
     else:
         from parsl_dragon.server.backend import DragonBackend
@@ -212,7 +217,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Exception as exc:
         if isinstance(exc, errors().ServerCapacityError):  # the error path alone imports the tree (Parsl)
             logger.error("Server refuses to start: %s", exc)
-            with open(os.path.join(os.path.dirname(os.path.abspath(args.log_file)), SERVER_REFUSED_FILE), "w") as out:
+            with open(os.path.join(block_dir(args), SERVER_REFUSED_FILE), "w") as out:
                 out.write(f"{exc}\n")  # boot reads it: a refusal is not retried like a crash
             return 2
         logger.exception("Server could not be set up")

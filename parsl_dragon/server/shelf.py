@@ -70,16 +70,18 @@ class Shelf:
         initializes a lock lazily, and a second thread's first request at the same moment fails with
         ``DRAGON_LOCK_ALREADY_INITD`` (seen once in a worker's attach); the lock is then initialized,
         so that failure is tried once more."""
-        for attempt in (1, 2):
-            try:
-                with _our_log_handlers():
-                    return cls(DDict.attach(descriptor, timeout=TIMEOUT_S), creator=False)
-            except Exception as exc:
-                if attempt == 2 or not _lock_init_race(exc):
-                    raise
-                logger.warning("Attaching the kept-results store met Dragon's lock initialization race; "
-                               "trying again")
-        raise AssertionError("unreachable")
+        try:
+            return cls._attach_once(descriptor)
+        except Exception as exc:
+            if not _lock_init_race(exc):
+                raise
+            logger.warning("Attaching the kept-results store met Dragon's lock initialization race; trying again")
+        return cls._attach_once(descriptor)
+
+    @classmethod
+    def _attach_once(cls, descriptor: str) -> "Shelf":
+        with _our_log_handlers():
+            return cls(DDict.attach(descriptor, timeout=TIMEOUT_S), creator=False)
 
     @property
     def descriptor(self) -> str:
