@@ -44,9 +44,14 @@ EXECUTORS = ("dragon", "dragon-kept", "htex", "threads")
 MB = 1 << 20
 
 
+def elements(size_mb: float) -> int:
+    """Float64 elements of an array of ``size_mb`` MB (at least one)."""
+    return max(1, int(size_mb * (1 << 20)) // 8)
+
+
 def produce(i, size_mb, parsl_resource_specification={}):
     import numpy
-    return numpy.full(size_mb * (1 << 20) // 8, float(i))
+    return numpy.full(max(1, int(size_mb * (1 << 20)) // 8), float(i))  # elements(size_mb), self-contained
 
 
 def consume(inputs=()):
@@ -108,22 +113,23 @@ def child(args: argparse.Namespace) -> None:
                 parts = [producer(i, args.size, parsl_resource_specification=spec) for i in range(args.n)]
                 total = consumer(inputs=parts).result()
                 times.append(time.perf_counter() - start)
-                expected = float(sum(i * args.size * MB // 8 for i in range(args.n)))
+                expected = float(sum(i * elements(args.size) for i in range(args.n)))
                 assert total == expected, f"wrong sum {total} != {expected}"
                 del parts
-                gc.collect()  # this round's references go (kept results are evicted) before the next
-                time.sleep(0.5)
+                for _ in range(2):  # this round's references go: their kept results are evicted in the pause
+                    gc.collect()  # twice: the consumer's result wakes this thread while Parsl's callbacks still
+                    time.sleep(args.pause / 2)  # hold its task record, a cycle that is garbage only after them
             seconds = statistics.median(times)
-            moved = args.n * args.size * MB
+            moved = args.n * elements(args.size) * 8
         else:
             import numpy
-            array = numpy.ones(args.size * MB // 8)
+            array = numpy.ones(elements(args.size))
             start = time.perf_counter()
             for _ in range(args.echo_rounds):
                 back = echo_app(array).result()
                 assert len(back) == len(array)
             seconds = (time.perf_counter() - start) / args.echo_rounds
-            moved = 2 * args.size * MB
+            moved = 2 * elements(args.size) * 8
         rounds = args.repeat if args.workload == "dag" else args.echo_rounds
         through = (through_driver() - before) / rounds
     print(json.dumps({"seconds": seconds, "through_driver": through, "moved": moved,
@@ -134,7 +140,8 @@ def run_child(executor: str, workload: str, n: int, size: int, args: argparse.Na
     run_dir = os.path.join(tmp, f"{executor}-{workload}-{n}-{size}")
     command = [sys.executable, __file__, "--child", "--executor", executor, "--workload", workload, "--n", str(n),
                "--size", str(size), "--repeat", str(args.repeat), "--workers", str(args.workers),
-               "--echo-rounds", str(args.echo_rounds), "--run-dir", run_dir, "--kept-memory", str(args.kept_memory)]
+               "--echo-rounds", str(args.echo_rounds), "--pause", str(args.pause), "--run-dir", run_dir,
+               "--kept-memory", str(args.kept_memory)]
     out = subprocess.run(command, capture_output=True, text=True, timeout=3600)
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if out.returncode != 0 or not lines:
@@ -158,17 +165,19 @@ def show(label: str, figures: Dict[str, Dict[str, float]], workload: str) -> Non
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", default="8,32", help="producers per DAG, comma-separated")
-    parser.add_argument("--sizes", default="1,16,64", help="MB per array, comma-separated")
+    parser.add_argument("--sizes", default="1,16,64", help="MB per array, comma-separated (0.001: a 1 KB array)")
     parser.add_argument("--repeat", type=int, default=3, help="DAG rounds per figure (median)")
     parser.add_argument("--echo-rounds", type=int, default=10)
     parser.add_argument("--workers", type=int, default=1, help="workers of every executor")
+    parser.add_argument("--pause", type=float, default=2.0,
+                        help="seconds between DAG rounds (the previous round's kept results are evicted meanwhile)")
     parser.add_argument("--kept-memory", type=int, default=8 << 30, help="DragonExecutor kept_results_memory")
     parser.add_argument("--only", default=",".join(EXECUTORS))
     parser.add_argument("--no-echo", action="store_true")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--executor", help=argparse.SUPPRESS)
     parser.add_argument("--workload", help=argparse.SUPPRESS)
-    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -184,7 +193,7 @@ def main() -> None:
     print(f"{os.uname().nodename}: {os.cpu_count()} cores; workers {args.workers}; DAG median of {args.repeat}, "
           f"echo {args.echo_rounds} round trips", flush=True)
     with tempfile.TemporaryDirectory(prefix="parsl-dragon-dataplane-") as tmp:
-        for size in [int(s) for s in args.sizes.split(",")]:
+        for size in [float(s) for s in args.sizes.split(",")]:
             for n in [int(x) for x in args.n.split(",")]:
                 figures = {name: run_child(name, "dag", n, size, args, tmp) for name in names}
                 show(f"DAG: {n} producers x {size} MB -> 1 consumer", figures, "dag")

@@ -7,13 +7,16 @@ store (the result travels, with one warning), lost with its block (``ResultLost`
 """
 import gc
 import logging
+import os
 import time
 
 import pytest
 from parsl import python_app
 
 from parsl_dragon import ResultLost, is_kept
+from parsl_dragon.host.processes import processes_with_token
 from parsl_dragon.task.kept import KeptValue, kept_of
+from parsl_dragon.wire.connection import connection_path, read_connection
 
 KEEP = {"keep_result": True}
 
@@ -91,6 +94,38 @@ def test_a_released_reference_is_evicted_from_the_block(load_dfk):
         time.sleep(0.1)
     else:
         pytest.fail("the released result was not evicted")
+
+
+def _cpu_seconds(pids):
+    """CPU seconds (user + system) each process has used so far."""
+    seconds = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        seconds[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return seconds
+
+
+def test_an_idle_block_that_keeps_results_spins_no_core(load_dfk, tmp_path):
+    """Dragon 0.15's DDict orchestrator looped on a poll that never waits: 96 % of a core for as
+    long as the block kept results, and every DDict operation of a 2-core node waited for a CPU.
+    server/shelf.py makes it wait; no process of the idle block may use a third of a core."""
+    load_dfk(server_path=str(tmp_path))
+    executor = load_dfk.last.executors["dragon"]
+    ref = executor.submit(_fill, KEEP, 4096).result(timeout=120)
+    assert kept_of(ref) is not None  # the block's DDict is up
+    time.sleep(1.0)  # its start settles
+    pids = processes_with_token(read_connection(connection_path(str(tmp_path))).block_token)
+    before = _cpu_seconds(pids)
+    time.sleep(3.0)
+    after = _cpu_seconds(pids)
+    used = {pid: after[pid] - before[pid] for pid in after if pid in before}
+    assert len(used) >= 5, f"the block's processes were not found: {pids}"
+    busiest = max(used, key=used.get)
+    assert used[busiest] < 1.0, f"process {busiest} used {used[busiest]:.2f} s of CPU in 3 idle seconds"
 
 
 def test_a_full_store_lets_the_result_travel_with_one_warning(load_dfk, caplog):

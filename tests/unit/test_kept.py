@@ -141,6 +141,70 @@ def test_attach_tries_again_only_after_dragons_lock_initialization_race(monkeypa
     assert calls == ["first call already made", "broken"]
 
 
+class InstantPollQueue:
+    """A stand-in for the exception queue of Dragon 0.15's ProcessGroup: its ``poll`` returns at
+    once whatever its timeout (as the real one was measured to), and counts its calls."""
+
+    def __init__(self):
+        self.items, self.polls = [], 0
+
+    def poll(self, timeout):
+        self.polls += 1
+        return bool(self.items)
+
+    def get(self):
+        return self.items.pop(0)
+
+    def put(self, item):
+        self.items.append(item)
+
+
+def _group(patience):
+    import threading
+    from types import SimpleNamespace
+    return SimpleNamespace(_EXCEPTION_Q_PATIENCE=patience, _exq=InstantPollQueue(), _exq_shutdown=threading.Event(),
+                           _exq_lock=threading.Lock(), _ex_raised=False)
+
+
+def test_the_ddict_orchestrators_exception_monitor_waits_between_polls_and_still_sees_a_failure():
+    """The real monitor spun a core (it loops on the instant poll); ours polls once per patience,
+    still records a manager's exception (and leaves it in the queue, as Dragon's does), and a
+    shutdown ends it at once."""
+    import threading
+
+    from parsl_dragon.server import shelf
+    group = _group(patience=0.05)
+    monitor = threading.Thread(target=shelf._patient_exq_monitor, args=(group,))
+    monitor.start()
+    time.sleep(0.5)
+    assert 1 <= group._exq.polls <= 12, f"{group._exq.polls} polls in 0.5 s at a patience of 0.05 s"
+    failure = ValueError("a manager failed")
+    group._exq.put(failure)
+    monitor.join(2)
+    assert not monitor.is_alive() and group._ex_raised and group._exq.items == [failure]
+
+    idle = _group(patience=30.0)
+    monitor = threading.Thread(target=shelf._patient_exq_monitor, args=(idle,))
+    monitor.start()
+    time.sleep(0.1)
+    started = time.monotonic()
+    idle._exq_shutdown.set()
+    monitor.join(5)
+    assert not monitor.is_alive() and time.monotonic() - started < 2 and not idle._ex_raised
+
+
+def test_a_ddict_made_here_starts_its_orchestrator_through_ours_and_dragons_own_is_put_back():
+    from dragon.data.ddict import orchestrator
+
+    from parsl_dragon.server import shelf
+    dragons = orchestrator.start
+    with pytest.raises(RuntimeError, match="no runtime"):
+        with shelf._patient_orchestrator():
+            assert orchestrator.start is shelf.orchestrator_main
+            raise RuntimeError("no runtime")
+    assert orchestrator.start is dragons is shelf._DRAGON_ORCHESTRATOR_START
+
+
 def test_a_reference_whose_server_is_gone_raises_result_lost_naming_the_task():
     k.forget_reader("s-gone", "its block's server s-gone was lost: lease expired")
     ref = k.KeptResult("s-gone", "t1", 0, 100, 42)
