@@ -64,10 +64,10 @@ from parsl_dragon.vocabulary import DEFAULT_HEARTBEAT_PERIOD_S, DEFAULT_HEARTBEA
 from parsl_dragon.wire import protocol as p
 from parsl_dragon.wire import security
 from parsl_dragon.wire.connection import ConnectionInfo, connection_path, remove_connection
+from parsl_dragon.wire.frames import NO_SERIALIZER_WARNING
 
 logger = logging.getLogger(__name__)
 
-BUFFER_THRESHOLD = 1024 * 1024
 DEFAULT_PREFETCH = 32  # benchmarks/throughput.py here: 0 -> 506 tasks/s, 8 -> 1035, 32 -> 1155, unbounded 1160
 
 
@@ -317,7 +317,7 @@ class DragonExecutor(BlockScaling, BlockProviderExecutor, RepresentationMixin):
         spec = normalize_spec(resource_specification, default_pmi=self.pmi)
         home = self._kept.home(args, kwargs)  # the block holding the task's kept inputs, if any
         args, kwargs = self._kept.localize(args, kwargs, home)
-        payload = pack_apply_message(func, args, kwargs, buffer_threshold=BUFFER_THRESHOLD)
+        payload = pack_apply_message(func, args, kwargs, buffer_threshold=NO_SERIALIZER_WARNING)
         too_large = p.payload_error(f"the packed task ({getattr(func, '__name__', 'app')} with its arguments)",
                                     len(payload), self.settings.max_payload_bytes)  # type: ignore[union-attr]
         if too_large:

@@ -91,7 +91,7 @@ def run_task(payload: bytes, report: Optional[str] = None) -> Tuple[str, bytes, 
 
     try:
         result = _with_rank_failure(kept.execute_task(payload), report)
-        return p.OK, serialize(result, buffer_threshold=1_000_000), "", kept.class_name(result)
+        return p.OK, serialize(result, buffer_threshold=frames.NO_SERIALIZER_WARNING), "", kept.class_name(result)
     except (Exception, SystemExit) as exc:
         info = _exit_as_error(exc) if isinstance(exc, SystemExit) else sys.exc_info()
         try:

@@ -13,6 +13,7 @@ its link, not even heartbeats, and a lease judged by silence would otherwise exp
 """
 from __future__ import annotations
 
+import sys
 from typing import Any, List, Optional, Tuple
 
 from parsl_dragon.errors import ProtocolError
@@ -24,6 +25,9 @@ CHUNKS = "chunks"  # header key: frames per payload, present when a payload was 
 # counts the sender alive for the time the transfer may take at LINK_MIN_BYTES_PER_S.
 NOTICE_BYTES = 64 << 20
 LINK_MIN_BYTES_PER_S = 10 << 20  # CURVE measured ~200 MB/s per hop on 2 shared cores; 20x margin
+# Parsl's serialize() logs a WARNING ("this could cause overflows") for every payload past its
+# buffer_threshold: here a payload of any size is framed, and the limit is payload_error's.
+NO_SERIALIZER_WARNING = sys.maxsize
 
 
 def lease_extension(nbytes: int) -> float:

@@ -84,6 +84,28 @@ def test_a_result_over_max_payload_bytes_fails_as_payload_too_large(monkeypatch)
     assert worker_module.max_payload_bytes({"PARSL_DRAGON_MAX_PAYLOAD": "x"}) > 0, "unusable: the default"
 
 
+def _megabytes(n):
+    return b"m" * (n << 20)
+
+
+def test_large_arguments_and_results_pass_without_parsls_overflow_warning(caplog):
+    """Parsl's serialize() warns "this could cause overflows" past its buffer threshold; payloads
+    of any size are framed here, so neither the driver's packing nor the worker's result warns."""
+    import logging
+
+    from parsl.serialize import deserialize, pack_apply_message
+
+    from parsl_dragon.wire.frames import NO_SERIALIZER_WARNING
+    with caplog.at_level(logging.WARNING):
+        payload = pack_apply_message(_megabytes, (2,), {}, buffer_threshold=NO_SERIALIZER_WARNING)
+        status, outcome, error, _ = worker_module.run_task(pack_apply_message(len, (b"x" * (3 << 20),), {},
+                                                                              buffer_threshold=NO_SERIALIZER_WARNING))
+        assert (status, deserialize(outcome), error) == (p.OK, 3 << 20, "")
+        status, outcome, error, _ = worker_module.run_task(payload)
+    assert status == p.OK and len(deserialize(outcome)) == 2 << 20 and not error
+    assert not [r for r in caplog.records if "buffer threshold" in r.getMessage()], caplog.text
+
+
 def test_an_exception_that_cannot_be_serialized_fails_as_serialization_error(monkeypatch):
     w = worker()
     monkeypatch.setattr(worker_module, "run_task", lambda payload: (p.FAILED, b"", "could not be serialized", ""))
