@@ -229,7 +229,7 @@ def orchestrator_main(*args: Any, **kwargs: Any) -> None:
     Dragon 0.15's monitor polls the group's exception queue with ``poll(timeout=0.1)``, and that
     poll returns at once on an empty queue: the orchestrator spun one core (96 % measured, idle)
     for as long as the block kept results, and on a 2-core node every DDict operation waited for
-    a CPU: a round trip took 1.6 ms instead of 0.2-0.4 (``benchmarks/shelf_ops.py``)."""
+    a CPU: a round trip took 1.7-27 ms instead of 0.2-0.4 (``benchmarks/shelf_ops.py``)."""
     from dragon.native.process_group import ProcessGroup
     if all(hasattr(ProcessGroup, name) for name in ("_exq_monitor", "_EXCEPTION_Q_PATIENCE")):
         ProcessGroup._exq_monitor = _patient_exq_monitor
