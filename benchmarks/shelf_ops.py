@@ -38,6 +38,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCK_FILE = "/tmp/parsl-dragon-integration.lock"
 sys.path.insert(0, REPO)  # this tree's parsl_dragon, here and in the runtime's processes
 
+from parsl_dragon.host.processes import all_pids, cpu_seconds  # noqa: E402
+
 
 def median_ms(operation: Callable[[int], Any], count: int) -> float:
     times = []
@@ -68,15 +70,9 @@ def client(descriptor: str, count: int, results: Any) -> None:
     shelf.close()
 
 
-def cpu_seconds() -> Dict[int, float]:
-    """CPU seconds (user + system) so far of every process of this machine."""
-    seconds = {}
-    for name in os.listdir("/proc"):
-        with contextlib.suppress(OSError, IndexError):
-            fields = open(f"/proc/{name}/stat").read().rsplit(")", 1)[1].split() if name.isdigit() else []
-            if fields:
-                seconds[int(name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return seconds
+def machine_cpu_seconds() -> Dict[int, float]:
+    """CPU seconds (user + system) so far of every process of this machine still there."""
+    return {pid: seconds for pid, seconds in ((pid, cpu_seconds(pid)) for pid in all_pids()) if seconds is not None}
 
 
 def inside(args: argparse.Namespace) -> None:
@@ -93,9 +89,9 @@ def inside(args: argparse.Namespace) -> None:
             worker.start()
             figures = results.get()
             worker.join()
-            before = cpu_seconds()
+            before = machine_cpu_seconds()
             time.sleep(args.idle)
-            after = cpu_seconds()
+            after = machine_cpu_seconds()
             busiest = max(after[pid] - before[pid] for pid in after if pid in before and pid != os.getpid())
             figures["busiest process, idle (% of a core)"] = 100 * busiest / args.idle
         finally:

@@ -61,6 +61,12 @@ def process_stat(pid: int) -> Optional[Tuple[str, int]]:
     return (fields[0], int(fields[19])) if fields else None
 
 
+def cpu_seconds(pid: int) -> Optional[float]:
+    """CPU seconds (user + system) ``pid`` has used so far, or None if gone."""
+    fields = _stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if len(fields) > 12 else None
+
+
 def is_running(pid: int) -> bool:
     """The process exists and is not a zombie."""
     state = process_stat(pid)

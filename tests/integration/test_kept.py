@@ -7,14 +7,13 @@ store (the result travels, with one warning), lost with its block (``ResultLost`
 """
 import gc
 import logging
-import os
 import time
 
 import pytest
 from parsl import python_app
 
 from parsl_dragon import ResultLost, is_kept
-from parsl_dragon.host.processes import processes_with_token
+from parsl_dragon.host.processes import cpu_seconds, processes_with_token
 from parsl_dragon.task.kept import KeptValue, kept_of
 from parsl_dragon.wire.connection import connection_path, read_connection
 
@@ -97,16 +96,8 @@ def test_a_released_reference_is_evicted_from_the_block(load_dfk):
 
 
 def _cpu_seconds(pids):
-    """CPU seconds (user + system) each process has used so far."""
-    seconds = {}
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        seconds[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return seconds
+    """CPU seconds each process (still there) has used so far."""
+    return {pid: seconds for pid, seconds in ((pid, cpu_seconds(pid)) for pid in pids) if seconds is not None}
 
 
 def test_an_idle_block_that_keeps_results_spins_no_core(load_dfk, tmp_path):

@@ -309,3 +309,18 @@ def test_a_dragon_launcher_is_told_by_its_command(spawn, tmp_path):
         time.sleep(0.05)
     assert not shm.is_dragon_launcher(other.pid)
     assert launcher.pid in shm._dragon_launchers() and other.pid not in shm._dragon_launchers()
+
+
+def test_cpu_seconds_counts_a_busy_process_and_none_for_a_gone_one():
+    spin = "import time\nend = time.time() + 10\nwhile time.time() < end: pass"
+    busy = subprocess.Popen([sys.executable, "-c", spin])
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(10)"])
+    try:
+        time.sleep(1.0)
+        spun, slept = processes.cpu_seconds(busy.pid), processes.cpu_seconds(idle.pid)
+        assert spun is not None and slept is not None and spun > 0.2 and spun > slept
+    finally:
+        for child in (busy, idle):
+            child.kill()
+            child.wait(5)
+    assert processes.cpu_seconds(busy.pid) is None
