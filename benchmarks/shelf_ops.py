@@ -5,9 +5,13 @@ test sessions and the other benchmarks itself), a shelf over this node (``Shelf.
 block's server makes it) and one client process (``Shelf.attach``, as a worker does) time, as
 medians of ``--ops`` operations each:
 
-* ``free-space query``: the manager's stats (``dstats``), which every put asks first;
-* ``put 1 KB``, ``put 1 MB``: a value written on the node's manager (``handle[key] = bytes``);
-* ``Shelf.put 1 MB``: what a worker does per kept result (node lock, free-space query, put);
+* ``free-space query``: the manager's stats (``dstats``), which a put asks first when it cannot
+  read them from the manager's pool;
+* ``free blocks from the pool``: the same figures read from the manager's pool, attached, as a
+  worker reads them before each put;
+* ``put 1 KB``, ``put 1 MB``: a value written on the node's manager (``handle[key] = [bytes]``);
+* ``Shelf.put 1 MB``: what a worker does per kept result (node lock, free blocks, put);
+* ``encode + Shelf.put 1 MB array``: the same for a numpy array, in the kept form (task/codec.py);
 * ``get 1 KB``, ``get 1 MB``, ``delete``;
 
 and the CPU share of the busiest process of the runtime over ``--idle`` seconds with the shelf
@@ -32,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, List
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCK_FILE = "/tmp/parsl-dragon-integration.lock"
@@ -50,18 +54,24 @@ def median_ms(operation: Callable[[int], Any], count: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def client(descriptor: str, count: int, results: Any) -> None:
+def client(descriptor: str, pools: List[str], count: int, results: Any) -> None:
     """A worker's view: attach, then each operation ``count`` times on this node's manager."""
+    import numpy
+
     from parsl_dragon.server.shelf import Shelf
-    shelf = Shelf.attach(descriptor)
+    from parsl_dragon.task import codec
+    shelf = Shelf.attach(descriptor, pools)
     manager = shelf.local_manager
     handle = shelf._handle(manager)
-    small, large = b"s" * 1024, b"l" * (1 << 20)
+    small, large = [b"s" * 1024], [b"l" * (1 << 20)]
+    arrays = [numpy.full((1 << 20) // 8, float(i)) for i in range(count)]
     figures = {
         "free-space query": median_ms(lambda i: handle.dstats, count),
+        "free blocks from the pool": median_ms(lambda i: shelf._room(manager, handle), count),
         "put 1 KB": median_ms(lambda i: handle.__setitem__(f"s{i}", small), count),
         "put 1 MB": median_ms(lambda i: handle.__setitem__(f"l{i}", large), count),
         "Shelf.put 1 MB": median_ms(lambda i: shelf.put(f"w{i}", large), count),
+        "encode + Shelf.put 1 MB array": median_ms(lambda i: shelf.put(f"a{i}", codec.encode(arrays[i]).parts), count),
         "get 1 KB": median_ms(lambda i: handle[f"s{i}"], count),
         "get 1 MB": median_ms(lambda i: handle[f"l{i}"], count),
         "delete": median_ms(lambda i: handle.__delitem__(f"s{i}"), count),
@@ -85,7 +95,7 @@ def inside(args: argparse.Namespace) -> None:
         shelf = shelves.Shelf.create(1, 1 << 30, directory)
         try:
             results = multiprocessing.Queue()
-            worker = multiprocessing.Process(target=client, args=(shelf.descriptor, args.ops, results))
+            worker = multiprocessing.Process(target=client, args=(shelf.descriptor, shelf.pools, args.ops, results))
             worker.start()
             figures = results.get()
             worker.join()

@@ -34,6 +34,7 @@ from parsl_dragon.driver.kept import KeptResults
 from parsl_dragon.driver.links import ServerLink
 from parsl_dragon.driver.routing import RoutedServer, Send, TaskRouter
 from parsl_dragon.errors import failure
+from parsl_dragon.task import codec
 from parsl_dragon.wire import protocol as p
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def resolve(future: Future, result: p.TaskResult, payload: bytes,
     """Turn one TaskResult into the future's outcome, as HTEX does (a KEPT result: ``reference``)."""
     try:
         if result.status == p.OK:
-            future.set_result(deserialize(payload))
+            future.set_result(codec.decode(payload))  # Parsl's form, or the kept form of a result that travelled
         elif result.status == p.KEPT:
             future.set_result(reference(result))
         elif result.status == p.EXCEPTION:

@@ -1,15 +1,17 @@
 """The block's shelf of kept results: Dragon's distributed dictionary (DDict), as bytes.
 
 One DDict per block, one manager per node, ``kept_results_memory`` bytes each (the managers'
-pools live in ``/dev/shm`` and are touched only as results fill them). Values are the bytes
-Parsl's serializer made on the worker, stored and read as they are (:class:`RawBytes`: no
-pickling of a pickle, and nothing here ever unpickles them). A worker puts a result on its
-*own node's* manager, so the bytes stay where they were made; a reader names that manager
-(the key does not hash to it), reads locally when it runs on that node and through Dragon's
-transport when not. Used by the server (create, read, delete, destroy) and by the workers
-(attach, put, read); both are Dragon processes of the block, which a DDict client must be.
-The DDict's orchestrator process starts through :func:`orchestrator_main`, which mends a busy
-loop of Dragon 0.15 there.
+pools live in ``/dev/shm`` and are touched only as results fill them). Values are the parts the
+worker's codec made (``task/codec.py``: a head, then array buffers as they are), written one
+after another and read back as one bytes-like object (:class:`RawParts`: nothing here pickles or
+unpickles them). A worker puts a result on its *own node's* manager, so the bytes stay where they
+were made; a reader names that manager (the key does not hash to it), reads locally when it runs
+on that node and through Dragon's transport when not. Used by the server (create, read, delete,
+destroy) and by the workers (attach, put, read); both are Dragon processes of the block, which a
+DDict client must be. Before a put, a worker reads its manager's free memory from the manager's
+pool itself (attached by the descriptor the orchestrator records, :meth:`Shelf.create`), not by
+asking the manager. The DDict's orchestrator process starts through :func:`orchestrator_main`,
+which mends a busy loop of Dragon 0.15 there.
 """
 from __future__ import annotations
 
@@ -20,10 +22,14 @@ import logging
 import os
 import socket
 import time
-from typing import Any, Dict, Iterator, Optional
+from base64 import b64decode
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
+import cloudpickle
 from dragon.data.ddict import DDict, DDictFullError
 from dragon.data.ddict import orchestrator as dragon_orchestrator
+from dragon.data.ddict.ddict import NULLCheckpointPersister
+from dragon.managed_memory import MemoryPool
 
 logger = logging.getLogger(__name__)
 
@@ -34,27 +40,50 @@ class ShelfFull(Exception):
     """The node's manager has no room for this result."""
 
 
-class RawBytes:
-    """DDict value pickler that writes and reads bytes as they are."""
+Part = Union[bytes, bytearray, memoryview]
+
+
+class RawParts:
+    """DDict value pickler: writes a sequence of bytes-like parts as they are, one message each;
+    reads them back as one object (the only part as it came, or one writable ``bytearray``)."""
 
     @staticmethod
-    def dump(obj: Any, file: Any) -> None:
-        file.write(obj)
+    def dump(parts: Sequence[Part], file: Any) -> None:
+        for part in parts:
+            file.write(part)
 
     @staticmethod
-    def load(file: Any) -> bytes:
-        return file.read()
+    def load(file: Any) -> Union[bytes, bytearray]:
+        chunks: List[bytes] = []
+        while True:
+            try:
+                chunk = file.read()  # one message; EOFError after the last
+            except EOFError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        if len(chunks) == 1:
+            return chunks[0]
+        whole = bytearray(sum(len(chunk) for chunk in chunks))
+        offset = 0
+        for chunk in chunks:
+            whole[offset:offset + len(chunk)] = chunk
+            offset += len(chunk)
+        return whole
 
 
 class Shelf:
     """One attached DDict client and a raw, manager-directed handle per manager used."""
 
-    def __init__(self, ddict: Any, creator: bool) -> None:
+    def __init__(self, ddict: Any, creator: bool, pools: Sequence[str] = ()) -> None:
         self.ddict = ddict
         self.creator = creator
         self.directory: Optional[str] = None
+        self.pools = list(pools)  # the managers' serialized pool descriptors (base64), by manager id; [] if unknown
         self._lock_name = "parsl-dragon-kept-" + hashlib.sha1(self.descriptor.encode()).hexdigest()[:20]  # per DDict
         self._handles: Dict[int, Any] = {}
+        self._pool: Any = None  # this node's manager's pool, attached at the first put
 
     @classmethod
     def create(cls, nodes: int, bytes_per_node: int, directory: str) -> "Shelf":
@@ -63,28 +92,28 @@ class Shelf:
         current directory; :meth:`close` removes it (a killed block leaves it in its own dir)."""
         with _our_log_handlers(), _patient_orchestrator():
             ddict = DDict(1, nodes, bytes_per_node * nodes, timeout=TIMEOUT_S, persist_path=directory)
-        shelf = cls(ddict, creator=True)
+        shelf = cls(ddict, creator=True, pools=_pool_descriptors(ddict, directory))
         shelf.directory = directory
         return shelf
 
     @classmethod
-    def attach(cls, descriptor: str) -> "Shelf":
+    def attach(cls, descriptor: str, pools: Sequence[str] = ()) -> "Shelf":
         """Attach a worker to the block's DDict. A process's first request to Dragon's local services
         initializes a lock lazily, and a second thread's first request at the same moment fails with
         ``DRAGON_LOCK_ALREADY_INITD`` (seen once in a worker's attach); the lock is then initialized,
         so that failure is tried once more."""
         try:
-            return cls._attach_once(descriptor)
+            return cls._attach_once(descriptor, pools)
         except Exception as exc:
             if not _lock_init_race(exc):
                 raise
             logger.warning("Attaching the kept-results store met Dragon's lock initialization race; trying again")
-        return cls._attach_once(descriptor)
+        return cls._attach_once(descriptor, pools)
 
     @classmethod
-    def _attach_once(cls, descriptor: str) -> "Shelf":
+    def _attach_once(cls, descriptor: str, pools: Sequence[str]) -> "Shelf":
         with _our_log_handlers():
-            return cls(DDict.attach(descriptor, timeout=TIMEOUT_S), creator=False)
+            return cls(DDict.attach(descriptor, timeout=TIMEOUT_S), creator=False, pools=pools)
 
     @property
     def descriptor(self) -> str:
@@ -97,25 +126,28 @@ class Shelf:
     def _handle(self, manager: int) -> Any:
         handle = self._handles.get(manager)
         if handle is None:
-            handle = self._handles[manager] = self.ddict.manager(manager).pickler(value_pickler=RawBytes)
+            handle = self._handles[manager] = self.ddict.manager(manager).pickler(value_pickler=RawParts)
         return handle
 
-    def put(self, key: str, data: bytes) -> int:
-        """Store ``data`` on this node's manager; return that manager's id. ShelfFull if no room.
+    def put(self, key: str, parts: Sequence[Part]) -> int:
+        """Store the value made of ``parts`` on this node's manager; return that manager's id.
+        ShelfFull if no room.
 
         A DDict manager whose pool cannot take a value does not refuse it at once: it waits for
         memory until its timeout, and a put abandoned that way has been seen to leave the next
         value on the same stream unreadable. So the node's puts take turns (:class:`NodeLock`)
-        and each first asks the manager whether a block of the value's size is free."""
+        and each first looks whether the manager's pool has a free block for each part."""
         manager = self.local_manager
         handle = self._handle(manager)
+        sizes = [memoryview(part).nbytes for part in parts]
         with NodeLock(self._lock_name):
-            room = free_room(handle.dstats.get(manager))
-            if room < block_size(len(data)):
-                raise ShelfFull(f"the node's store has no free block of {block_size(len(data))} bytes "
-                                f"(largest free: {room})")
+            room, headroom = self._room(manager, handle)
+            needed = sum(block_size(size) for size in sizes)
+            if room < block_size(max(sizes, default=0)) or headroom < needed:
+                raise ShelfFull(f"the node's store has no room for {sum(sizes)} bytes in {len(sizes)} part(s) "
+                                f"(largest free block: {room}, below the full mark: {headroom})")
             try:
-                handle[key] = data
+                handle[key] = parts
             except DDictFullError as exc:
                 raise ShelfFull(str(exc).splitlines()[0]) from exc
             except Exception:
@@ -124,7 +156,25 @@ class Shelf:
                 raise
         return manager
 
-    def get(self, key: str, manager: int) -> bytes:
+    def _room(self, manager: int, handle: Any) -> "tuple[int, int]":
+        """The largest free block of this node's manager and its bytes below :data:`FULL_SHARE`:
+        from its pool, attached here (a few microseconds), else by asking it (a round trip to it,
+        0.4-1.4 ms measured: when the pool's descriptor is unknown or cannot be attached)."""
+        if self._pool is None and manager < len(self.pools):
+            try:
+                self._pool = MemoryPool.attach(b64decode(self.pools[manager]))
+            except Exception as exc:  # another Dragon, or a pool gone: ask the manager
+                logger.warning("Cannot attach the kept-results pool of manager %d (%r); asking it", manager, exc)
+                self.pools = []
+        if self._pool is not None:
+            return pool_room(self._pool.size, self._pool.free_space, self._pool.free_blocks)
+        stats = handle.dstats.get(manager)
+        if stats is None:
+            return 0, 0
+        return pool_room(int(stats.total_bytes), int(stats.total_bytes) - int(stats.total_used_bytes),
+                         stats.free_blocks)
+
+    def get(self, key: str, manager: int) -> Union[bytes, bytearray]:
         """The bytes of ``key`` on ``manager``; KeyError if it is not there."""
         try:
             return self._handle(manager)[key]
@@ -148,6 +198,9 @@ class Shelf:
         for handle in self._handles.values():
             _quietly(handle.detach)
         self._handles.clear()
+        if self._pool is not None:
+            _quietly(self._pool.detach)
+            self._pool = None
         _quietly(self.ddict.destroy if self.creator else self.ddict.detach)
         for leftover in glob.glob(os.path.join(self.directory, "ddict_orc_*")) if self.directory else ():
             with contextlib.suppress(OSError):
@@ -164,13 +217,27 @@ def block_size(nbytes: int) -> int:
     return max(SMALLEST_BLOCK, 1 << (nbytes + VALUE_OVERHEAD - 1).bit_length())
 
 
-def free_room(stats: Any) -> int:
-    """The largest block the manager can hand out without passing :data:`FULL_SHARE`."""
-    if stats is None:
-        return 0
-    headroom = int(stats.total_bytes * FULL_SHARE) - int(stats.total_used_bytes)
-    largest = max((int(size) for size, count in (stats.free_blocks or {}).items() if int(count) > 0), default=0)
-    return max(0, min(largest, headroom))
+def pool_room(total: int, free: int, free_blocks: Optional[Dict[Any, Any]]) -> "tuple[int, int]":
+    """(the largest free block, the bytes left below :data:`FULL_SHARE` of ``total``) of a pool."""
+    headroom = max(0, int(total * FULL_SHARE) - (total - free))
+    largest = max((int(size) for size, count in (free_blocks or {}).items() if int(count) > 0), default=0)
+    return min(largest, headroom), headroom
+
+
+def _pool_descriptors(ddict: Any, directory: str) -> List[str]:
+    """The managers' pool descriptors, which the orchestrator writes into ``directory`` once all
+    managers are up (``ddict_orc_<name>``: base64 of a pickle whose first item lists them); []
+    if this Dragon writes something else (workers then ask their manager before each put)."""
+    try:
+        metadata = NULLCheckpointPersister.load_metadata(logger, directory, ddict.get_name())
+        pools = list(cloudpickle.loads(b64decode(metadata))[0])
+        if not all(isinstance(pool, str) for pool in pools):
+            raise ValueError(f"pool descriptors of types {sorted({type(pool).__name__ for pool in pools})}")
+        return pools
+    except Exception as exc:
+        logger.warning("The kept-results store's pool descriptors are not readable (%r): each put asks its "
+                       "manager for its free memory", exc)
+        return []
 
 
 class NodeLock:

@@ -86,7 +86,7 @@ class ResultStore:
         if not self.ready:
             return None
         return d.StoreReady(descriptor=self.shelf.descriptor, server_id=self.server_id,
-                            keep_over=-1 if self.keep_over is None else self.keep_over)
+                            keep_over=-1 if self.keep_over is None else self.keep_over, pools=list(self.shelf.pools))
 
     def started(self) -> Optional[List[Held]]:
         """Once the shelf's start ended (up or failed): the tasks held for it, once; else None."""

@@ -6,9 +6,11 @@ with its link address and CURVE keys in the environment. Loop::
     recv SubmitTasks  -> local queue
     run one task      -> Parsl's execute_task(), kept results among its arguments read first
                          (task/kept.py), its GPUs bound (task/devices.py); result or
-                         RemoteExceptionWrapper serialized; a result to keep (``keep_result``, or
-                         as large as ``StoreReady.keep_over``) goes on this node's shelf and
-                         only where it is travels (status KEPT); a full shelf: it travels
+                         RemoteExceptionWrapper serialized; where the result may be kept, in the
+                         kept form (task/codec.py: arrays' memory apart); a result to keep
+                         (``keep_result``, or as large as ``StoreReady.keep_over``) goes on this
+                         node's shelf and only where it is travels (status KEPT); a full shelf,
+                         or smaller than ``keep_over``: it travels, in that form
     flush TaskResults -> when the local queue is empty, 64 results or 64 MiB wait, or 20 ms passed
 
 When the link drops and comes back (the worker's socket monitor sees it), the worker
@@ -30,7 +32,7 @@ import signal
 import sys
 import time
 from collections import deque
-from typing import Any, Deque, Iterable, List, Mapping, Optional, Set, Tuple
+from typing import Any, Deque, Iterable, List, Mapping, Optional, Set, Tuple, Union
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -38,7 +40,7 @@ from zmq.utils.monitor import recv_monitor_message
 from parsl_dragon.errors import PAYLOAD_TOO_LARGE, SERIALIZATION_ERROR, TASK_LOST, ConfigurationError, RankFailure
 from parsl_dragon.host.memory import default_max_payload_bytes
 from parsl_dragon.server import pmi
-from parsl_dragon.task import kept
+from parsl_dragon.task import codec, kept
 from parsl_dragon.task.devices import block_accelerators, devices_per_host, gpu_binding, gpu_runtime_loaded
 from parsl_dragon.task.mpi_env import mpi_task, read_report
 from parsl_dragon.task.rank_service import RankService
@@ -83,14 +85,20 @@ def _exit_as_error(exc: SystemExit):
     return AppException, error, exc.__traceback__
 
 
-def run_task(payload: bytes, report: Optional[str] = None) -> Tuple[str, bytes, str, str]:
+Outcome = Union[bytes, codec.Encoded]
+
+
+def run_task(payload: bytes, report: Optional[str] = None, keepable: bool = False) -> Tuple[str, Outcome, str, str]:
     """Execute one packed Parsl task (kept results among its arguments read first: task/kept.py);
-    return (status, serialized outcome, error text, the value's class as ``module:qualname``)."""
+    return (status, serialized outcome, error text, the value's class as ``module:qualname``).
+    A ``keepable`` task's value comes in the kept form (``codec.Encoded``), unless it is an error."""
     from parsl.app.errors import RemoteExceptionWrapper
     from parsl.serialize import serialize
 
     try:
         result = _with_rank_failure(kept.execute_task(payload), report)
+        if keepable and not isinstance(result, RemoteExceptionWrapper):
+            return p.OK, codec.encode(result), "", kept.class_name(result)
         return p.OK, serialize(result, buffer_threshold=frames.NO_SERIALIZER_WARNING), "", kept.class_name(result)
     except (Exception, SystemExit) as exc:
         info = _exit_as_error(exc) if isinstance(exc, SystemExit) else sys.exc_info()
@@ -195,7 +203,7 @@ class Worker:
     def _on_store_ready(self, message: d.StoreReady) -> None:
         from parsl_dragon.server.shelf import Shelf  # Dragon's DDict, only in blocks that keep results
         try:
-            self.shelf = Shelf.attach(message.descriptor)
+            self.shelf = Shelf.attach(message.descriptor, message.pools)
         except Exception:
             logger.exception("Could not attach the block's kept-results store; results travel instead")
             return
@@ -231,17 +239,21 @@ class Worker:
     def _run_one(self) -> None:
         entry, payload = self.queue.popleft()
         devices = devices_per_host(entry.placement, self.accelerators) if entry.spec.gpus_per_rank else []
+        keepable = self.shelf is not None and self._keeps(entry.spec, None)
         with gpu_binding(devices[0] if devices else ()):
             if entry.spec.is_mpi and entry.placement is not None:
-                status, outcome, error, kind = self._run_mpi(entry, payload, devices)
+                status, encoded, error, kind = self._run_mpi(entry, payload, devices, keepable)
             else:
-                status, outcome, error, kind = run_task(payload)
+                status, encoded, error, kind = run_task(payload, keepable=keepable)
         if entry.spec.gpus_per_rank and not self.retiring:
             self._retire_if_bound(entry.task_id)
         result = p.TaskResult(task_id=entry.task_id, status=status, host=self.host,
                               error_type=SERIALIZATION_ERROR if error else "", error=error)
-        if status == p.OK and self._keeps(entry.spec, len(outcome)):
-            outcome = self._keep(result, outcome, kind)
+        outcome = encoded
+        if isinstance(encoded, codec.Encoded):
+            outcome = self._keep(result, encoded, kind) if self._keeps(entry.spec, encoded.nbytes) else encoded.joined()
+        elif status == p.OK and entry.spec.keep_result and self.shelf is None:
+            result.unkept = "the block's kept-results store is not available"
         too_large = frames.payload_error(f"the result of task {entry.task_id}", len(outcome), self.max_payload)
         if too_large:
             logger.error("%s", too_large)
@@ -250,25 +262,26 @@ class Worker:
         self.payloads.append(outcome)
         self.batch_bytes += len(outcome)
 
-    def _keeps(self, spec, nbytes: int) -> bool:
-        """Whether a result stays in the block: the task asks, or it is as large as the threshold."""
-        return spec.keep_result is True or (spec.keep_result is None and 0 <= self.keep_over <= nbytes)
+    def _keeps(self, spec, nbytes: Optional[int]) -> bool:
+        """Whether a result stays in the block: the task asks, or it is as large as the threshold
+        (``nbytes`` None: whether it may, before its size is known)."""
+        if spec.keep_result is not None:
+            return spec.keep_result
+        return 0 <= self.keep_over <= (self.keep_over if nbytes is None else nbytes)
 
-    def _keep(self, result: p.TaskResult, outcome: bytes, kind: str) -> bytes:
+    def _keep(self, result: p.TaskResult, encoded: codec.Encoded, kind: str) -> bytes:
         """Put the result on this node's shelf; what is left to send (nothing, or the result itself
         if it could not be kept: ``unkept`` says why)."""
         key = f"t{result.task_id}"
-        if self.shelf is None:
-            result.unkept = "the block's kept-results store is not available"
-            return outcome
+        nbytes = encoded.nbytes
         try:
-            manager = self.shelf.put(key, outcome)
+            manager = self.shelf.put(key, encoded.parts)
         except Exception as exc:  # ShelfFull, or the DDict refused: the result travels instead
-            result.unkept = f"the block's kept-results store could not take {len(outcome)} bytes: {exc}"
+            result.unkept = f"the block's kept-results store could not take {nbytes} bytes: {exc}"
             logger.warning("Task %d: %s", result.task_id, result.unkept)
-            return outcome
+            return encoded.joined()
         result.status = p.KEPT
-        result.kept = d.KeptEntry(key, manager, len(outcome), kind).to_wire()
+        result.kept = d.KeptEntry(key, manager, nbytes, kind).to_wire()
         return b""
 
     def _retire_if_bound(self, task_id: int) -> None:
@@ -279,7 +292,8 @@ class Worker:
                         task_id, library)
             self.retiring = self.stopping = True
 
-    def _run_mpi(self, entry: p.TaskEntry, payload: bytes, devices: List[List[str]]) -> Tuple[str, bytes, str, str]:
+    def _run_mpi(self, entry: p.TaskEntry, payload: bytes, devices: List[List[str]],
+                 keepable: bool) -> Tuple[str, Outcome, str, str]:
         """Run an MPI task with its variables; serve its launches if Dragon starts its ranks."""
         problem = pmi.problem(entry.spec.pmi, os.environ)
         served = problem is None and entry.spec.pmi != "mpiexec"
@@ -289,7 +303,7 @@ class Worker:
                     self.ranks = RankService(self.worker_id)
                 self.ranks.begin(task)
             try:
-                return run_task(payload, task.report)
+                return run_task(payload, task.report, keepable)
             finally:
                 if served:
                     self.ranks.end(task)

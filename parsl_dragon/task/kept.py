@@ -26,11 +26,11 @@ from __future__ import annotations
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 from proxystore.proxy import Proxy, is_resolved
 
-Reader = Callable[["KeptResult"], bytes]
+Reader = Callable[["KeptResult"], Union[bytes, bytearray]]
 
 _readers: Dict[str, Reader] = {}
 _gone: Dict[str, str] = {}  # server id -> why its kept results cannot be read any more
@@ -54,10 +54,10 @@ class KeptResult:
     type: str = ""  # "module:qualname" of the value
 
     def __call__(self) -> Any:
-        from parsl.serialize import deserialize
-        return deserialize(self.read())
+        from parsl_dragon.task import codec
+        return codec.decode(self.read())
 
-    def read(self) -> bytes:
+    def read(self) -> Union[bytes, bytearray]:
         """The serialized value, from whichever reader this process has for its server."""
         with _lock:
             reader, gone = _readers.get(self.server_id), _gone.get(self.server_id)

@@ -53,11 +53,14 @@ class KeptEntry:
 @dataclass
 class StoreReady(Message):
     """The block's DDict is up: attach it (``descriptor``, Dragon's ``DDict.serialize()``); keep
-    results whose serialized size is at least ``keep_over`` bytes (-1: only tasks that ask)."""
+    results whose serialized size is at least ``keep_over`` bytes (-1: only tasks that ask).
+    ``pools``: its managers' memory pools (serialized descriptors, base64, by manager id), which a
+    worker reads its free memory from; empty if unknown."""
 
     descriptor: str
     server_id: str
     keep_over: int = -1
+    pools: List[str] = field(default_factory=list)
 
 
 @dataclass

@@ -11,7 +11,7 @@ from parsl.jobs.states import JobState
 from parsl.launchers import SimpleLauncher, SrunLauncher
 from parsl.providers import LocalProvider
 
-from parsl_dragon import ConfigurationError, DragonExecutor, ServerStartupError
+from parsl_dragon import ConfigurationError, DragonExecutor
 
 
 @python_app

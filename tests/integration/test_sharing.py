@@ -6,7 +6,6 @@ import sys
 import textwrap
 import time
 
-import parsl
 import pytest
 from parsl import python_app
 

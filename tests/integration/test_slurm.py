@@ -35,7 +35,7 @@ VENV_BIN = os.path.dirname(sys.executable)
 JOB_END_TIMEOUT = 60.0
 
 
-# ---------------------------------------------------------------- helpers (also used by test_multinode, test_pbs, test_multiblock)
+# ------------------------------------------- helpers (also used by test_multinode, test_pbs, test_multiblock)
 
 def slurm_problem(partition: str = "debug") -> Optional[str]:
     """Why Slurm is not usable here, or None when ``partition`` has an available node."""

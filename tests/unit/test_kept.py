@@ -26,8 +26,10 @@ class DictShelf:
         self.closed = False
         self.descriptor = "dict-shelf"
 
-    def put(self, key, data):
-        self.data[key] = data
+    pools = []
+
+    def put(self, key, parts):
+        self.data[key] = b"".join(parts)
         return 0
 
     def get(self, key, manager):
@@ -83,15 +85,104 @@ def test_a_value_of_another_size_than_was_kept_is_refused_unread():
 
 
 def test_the_store_puts_only_what_a_free_block_can_take():
+    from parsl_dragon.server.shelf import FULL_SHARE, block_size, pool_room
+    assert block_size(3 << 20) == 4 << 20 and block_size(4 << 20) == 8 << 20 and block_size(1) == 4096
+    assert pool_room(16 << 20, 16 << 20, {16 << 20: 1}) == (int((16 << 20) * FULL_SHARE),) * 2
+    largest, headroom = pool_room(16 << 20, 8 << 20, {4 << 20: 2, 8 << 20: 0})
+    assert largest == 4 << 20, "the largest free block, not the free total"
+    assert headroom == int((16 << 20) * FULL_SHARE) - (8 << 20)
+    assert pool_room(16 << 20, 0, {}) == (0, 0)
+
+
+class StandInPool:
+    """A stand-in for a DDict manager's memory pool as a worker attaches it (Dragon's MemoryPool)."""
+
+    def __init__(self, size, free_blocks):
+        self.size, self.free_blocks = size, free_blocks
+        self.free_space = sum(size * count for size, count in free_blocks.items())
+        self.detached = False
+
+    def detach(self):
+        self.detached = True
+
+
+class StandInManagerHandle(dict):
+    """A stand-in for one manager's DDict handle: stores what is put, answers ``dstats``."""
+
+    def __init__(self, stats):
+        super().__init__()
+        self.dstats = {0: stats}
+
+    def detach(self):
+        pass
+
+
+def _stand_in_shelf(monkeypatch, pools, pool, stats=None):
     from types import SimpleNamespace
 
-    from parsl_dragon.server.shelf import FULL_SHARE, block_size, free_room
-    assert block_size(3 << 20) == 4 << 20 and block_size(4 << 20) == 8 << 20 and block_size(1) == 4096
-    empty = SimpleNamespace(total_bytes=16 << 20, total_used_bytes=0, free_blocks={16 << 20: 1})
-    assert free_room(empty) == int((16 << 20) * FULL_SHARE)
-    fragmented = SimpleNamespace(total_bytes=16 << 20, total_used_bytes=8 << 20, free_blocks={4 << 20: 2, 8 << 20: 0})
-    assert free_room(fragmented) == 4 << 20, "the largest free block, not the free total"
-    assert free_room(None) == 0
+    from parsl_dragon.server import shelf
+    handle = StandInManagerHandle(stats)
+    ddict = SimpleNamespace(serialize=lambda: "d", local_manager=0, detach=lambda: None,
+                            manager=lambda manager: SimpleNamespace(pickler=lambda value_pickler: handle))
+    attached = []
+    attach = lambda descriptor: attached.append(descriptor) or pool  # noqa: E731
+    monkeypatch.setattr(shelf, "MemoryPool", SimpleNamespace(attach=attach))
+    return shelf.Shelf(ddict, creator=False, pools=pools), handle, attached
+
+
+def test_a_put_reads_free_memory_from_the_pool_and_writes_the_parts(monkeypatch):
+    import base64
+
+    from parsl_dragon.server.shelf import ShelfFull
+    pool = StandInPool(16 << 20, {8 << 20: 1, 4 << 20: 1})
+    store, handle, attached = _stand_in_shelf(monkeypatch, [base64.b64encode(b"pool-0").decode()], pool)
+    parts = [b"head", memoryview(b"x" * (1 << 20))]
+    assert store.put("t1", parts) == 0 and handle["t1"] is parts
+    assert attached == [b"pool-0"], "attached once, by the descriptor the server sent"
+    with pytest.raises(ShelfFull, match="largest free block: 8388608"):
+        store.put("t2", [b"head", b"x" * (8 << 20)])  # an 8 MiB part takes a 16 MiB block
+    assert "t2" not in handle
+    store.close()
+    assert pool.detached
+
+
+def test_a_put_asks_the_manager_when_the_pool_is_unknown(monkeypatch):
+    from types import SimpleNamespace
+
+    from parsl_dragon.server.shelf import ShelfFull
+    stats = SimpleNamespace(total_bytes=16 << 20, total_used_bytes=14 << 20, free_blocks={2 << 20: 1})
+    store, handle, attached = _stand_in_shelf(monkeypatch, [], None, stats)
+    with pytest.raises(ShelfFull, match="below the full mark: 0"):
+        store.put("t1", [b"x" * 100])
+    stats.total_used_bytes = 4 << 20
+    assert store.put("t1", [b"x" * 100]) == 0 and attached == []
+
+
+def test_raw_parts_are_written_one_message_each_and_read_back_whole():
+    from parsl_dragon.server.shelf import RawParts
+
+    class Messages:
+        """A stand-in for the DDict's stream adapters: one ``write`` is one message; ``read``
+        returns the next message, and raises EOFError after the last (as Dragon's does)."""
+
+        def __init__(self):
+            self.messages = []
+
+        def write(self, data):
+            self.messages.append(bytes(data))
+
+        def read(self):
+            if not self.messages:
+                raise EOFError
+            return self.messages.pop(0)
+
+    stream = Messages()
+    RawParts.dump([b"ab", memoryview(b"cd"), bytearray(b"e")], stream)
+    assert stream.messages == [b"ab", b"cd", b"e"]
+    whole = RawParts.load(stream)
+    assert whole == b"abcde" and isinstance(whole, bytearray), "several parts: one writable copy"
+    RawParts.dump([b"only"], stream)
+    assert RawParts.load(stream) == b"only"
 
 
 def test_node_lock_is_exclusive_and_released_on_close():

@@ -20,7 +20,7 @@ ALLOWED = {
     "wire": {"core"},
     "host": set(),
     "task": {"core", "wire"},
-    "driver": {"core", "wire", "task", "host"},   # task: the DragonRadio config object only
+    "driver": {"core", "wire", "task", "host"},   # task: the DragonRadio config object, kept references and form
     "server": {"core", "wire", "host", "task"},
     "cli": {"driver", "wire", "host"},
     "globus_compute": {"driver"},  # the endpoint process: an engine over a DragonExecutor

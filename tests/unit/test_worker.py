@@ -73,7 +73,8 @@ def test_a_mark_without_a_question_changes_nothing():
 def test_a_result_over_max_payload_bytes_fails_as_payload_too_large(monkeypatch):
     w = worker()
     w.max_payload = 100
-    monkeypatch.setattr(worker_module, "run_task", lambda payload: (p.OK, b"r" * 1000, "", "builtins:bytes"))
+    monkeypatch.setattr(worker_module, "run_task",
+                        lambda payload, keepable=False: (p.OK, b"r" * 1000, "", "builtins:bytes"))
     w.queue.append((p.TaskEntry(task_id=3), b"payload"))
     w._run_one()
     [result] = w.results
@@ -108,7 +109,8 @@ def test_large_arguments_and_results_pass_without_parsls_overflow_warning(caplog
 
 def test_an_exception_that_cannot_be_serialized_fails_as_serialization_error(monkeypatch):
     w = worker()
-    monkeypatch.setattr(worker_module, "run_task", lambda payload: (p.FAILED, b"", "could not be serialized", ""))
+    monkeypatch.setattr(worker_module, "run_task",
+                        lambda payload, keepable=False: (p.FAILED, b"", "could not be serialized", ""))
     w.queue.append((p.TaskEntry(task_id=4), b"payload"))
     w._run_one()
     [result] = w.results
@@ -125,7 +127,7 @@ def test_a_gpu_task_sees_its_own_devices_while_it_runs_and_the_next_task_does_no
     w = worker()
     w.accelerators = ("0.0", "0.1", "1.0", "1.1")
     seen = []
-    monkeypatch.setattr(worker_module, "run_task", lambda payload: (
+    monkeypatch.setattr(worker_module, "run_task", lambda payload, keepable=False: (
         seen.append({v: os.environ.get(v) for v in GPU_ENV_VARS}) or (p.OK, b"r", "", "")))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setenv("ZE_AFFINITY_MASK", "the node's own")
@@ -152,7 +154,7 @@ def test_a_gpu_task_that_leaves_a_gpu_runtime_in_the_worker_makes_it_retire(monk
     assert devices.gpu_runtime_loaded(str(tmp_path / "absent")) is None
 
     w = worker()
-    monkeypatch.setattr(worker_module, "run_task", lambda payload: (p.OK, b"r", "", "builtins:bytes"))
+    monkeypatch.setattr(worker_module, "run_task", lambda payload, keepable=False: (p.OK, b"r", "", "builtins:bytes"))
     monkeypatch.setattr(worker_module, "gpu_runtime_loaded", lambda: "libcuda.so.1")
     w.queue.append((p.TaskEntry(task_id=4), b""))  # no GPUs: not looked at
     w._run_one()
@@ -164,3 +166,82 @@ def test_a_gpu_task_that_leaves_a_gpu_runtime_in_the_worker_makes_it_retire(monk
     w._flush()
     [sent] = w.socket.messages
     assert sent.retiring and [r.task_id for r in sent.results] == [4, 5], "its results go out, marked"
+
+
+class PartsShelf:
+    """A stand-in for server/shelf.Shelf as a worker uses it: records the parts put; full on demand."""
+
+    def __init__(self, full=False):
+        self.parts, self.full = {}, full
+
+    def put(self, key, parts):
+        if self.full:
+            from parsl_dragon.server.shelf import ShelfFull  # noqa: F401 (named for the reader: the real one)
+            raise RuntimeError("the node's store has no room")
+        self.parts[key] = list(parts)
+        return 3
+
+
+def _array(n):
+    import numpy
+    return numpy.arange(float(n))
+
+
+def _fail():
+    raise ValueError("nope")
+
+
+def _run(w, func, args, spec):
+    from parsl.serialize import pack_apply_message
+
+    from parsl_dragon.core.spec import TaskSpec
+    w.queue.append((p.TaskEntry(task_id=len(w.results) + 1, spec=TaskSpec(**spec)), pack_apply_message(func, args, {})))
+    w._run_one()
+    return w.results[-1], w.payloads[-1]
+
+
+def test_a_kept_result_goes_on_the_shelf_as_the_codecs_parts_and_only_where_it_is_travels():
+    from parsl_dragon.task import codec
+    from parsl_dragon.wire import dataplane as d
+    w = worker()
+    w.shelf = PartsShelf()
+    result, payload = _run(w, _array, (200_000,), {"keep_result": True})
+    assert result.status == p.KEPT and payload == b""
+    entry = d.KeptEntry.from_wire(result.kept)
+    parts = w.shelf.parts[entry.key]
+    assert entry.manager == 3 and entry.nbytes == sum(memoryview(part).nbytes for part in parts) > 1_600_000
+    assert len(parts) == 2 and memoryview(parts[1]).nbytes == 1_600_000, "the array's memory is a part of its own"
+    assert entry.type == "numpy:ndarray"
+    assert (codec.decode(b"".join(parts)) == _array(200_000)).all()
+
+
+def test_under_the_threshold_a_result_travels_in_the_kept_form_and_parsl_reads_it():
+    from parsl.serialize import deserialize
+    w = worker()
+    w.shelf, w.keep_over = PartsShelf(), 1 << 20
+    result, payload = _run(w, _array, (1000,), {})
+    assert result.status == p.OK and not w.shelf.parts
+    assert (deserialize(payload) == _array(1000)).all(), "Parsl's deserialize loads this form by its identifier"
+    result, payload = _run(w, _array, (200_000,), {})
+    assert result.status == p.KEPT and payload == b""
+
+
+def test_a_result_the_shelf_cannot_take_travels_with_the_reason():
+    from parsl_dragon.task import codec
+    w = worker()
+    w.shelf = PartsShelf(full=True)
+    result, payload = _run(w, _array, (1000,), {"keep_result": True})
+    assert result.status == p.OK and "could not take" in result.unkept and "no room" in result.unkept
+    assert (codec.decode(payload) == _array(1000)).all()
+    w.shelf = None
+    result, payload = _run(w, _array, (10,), {"keep_result": True})
+    assert result.status == p.OK and result.unkept == "the block's kept-results store is not available"
+
+
+def test_an_exception_is_never_kept():
+    from parsl.serialize import deserialize
+    w = worker()
+    w.shelf = PartsShelf()
+    result, payload = _run(w, _fail, (), {"keep_result": True})
+    assert result.status == p.EXCEPTION and not w.shelf.parts
+    assert deserialize(payload).e_type is ValueError
