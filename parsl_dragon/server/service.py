@@ -375,9 +375,9 @@ class Server:
         if routed.unroutable:
             logger.warning("Dropped %d result(s) for unknown or finished tasks or departed clients: %s",
                            len(routed.unroutable), routed.unroutable[:10])
+        self._dispatch(assignments)  # first: the freed workers start while the results go to their clients
         for client, batch in routed.to_clients.items():
             self._send_client(client, batch)
-        self._dispatch(assignments)
 
     def _on_launch_ranks(self, identity: bytes, message: p.LaunchRanks) -> None:
         refused = self.rank_launches.request(identity, message, self.tasks.get(message.task_id),

@@ -38,7 +38,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from parsl_dragon.errors import PAYLOAD_TOO_LARGE, SERIALIZATION_ERROR, TASK_LOST, ConfigurationError, RankFailure
-from parsl_dragon.host.memory import default_max_payload_bytes
+from parsl_dragon.host.memory import default_max_payload_bytes, keep_freed_heap
 from parsl_dragon.server import pmi
 from parsl_dragon.task import codec, kept
 from parsl_dragon.task.devices import block_accelerators, devices_per_host, gpu_binding, gpu_runtime_loaded
@@ -321,6 +321,7 @@ class Worker:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(process)d %(levelname)s %(message)s")
+    keep_freed_heap()  # arrays read and unpickled reuse freed memory instead of faulting in fresh pages
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     host = sys.argv[1] if len(sys.argv) > 1 else os.uname().nodename
     try:

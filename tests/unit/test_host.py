@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -324,3 +325,31 @@ def test_cpu_seconds_counts_a_busy_process_and_none_for_a_gone_one():
             child.kill()
             child.wait(5)
     assert processes.cpu_seconds(busy.pid) is None
+
+
+FAULTS_OF_READS = """
+import resource, sys
+from parsl_dragon.host import memory
+print(memory.keep_freed_heap({}) if sys.argv[1] == "keep" else None)
+source = b"x" * (1 << 20)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(50):  # a read as a worker makes it: the bytes received, their writable copy; both freed
+    received = bytes(memoryview(source)[1:])
+    copy = bytearray(received)
+    del received, copy
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt thresholds are glibc's")
+def test_a_worker_that_keeps_freed_heap_reads_without_faulting_fresh_pages_in():
+    from parsl_dragon.host import memory
+    assert memory.keep_freed_heap({"MALLOC_TRIM_THRESHOLD_": "1"}) is False, "the user's own setting wins"
+    runs = {}
+    for mode in ("default", "keep"):
+        out = subprocess.run([sys.executable, "-c", FAULTS_OF_READS, mode], capture_output=True, text=True,
+                             check=True, env={**os.environ, "PYTHONPATH": os.getcwd()}).stdout.split()
+        runs[mode] = out
+    assert runs["keep"][0] == "True"
+    assert int(runs["default"][1]) > 50 * 256, "glibc's default gives 2 MiB back and faults it in again"
+    assert int(runs["keep"][1]) < 4 * 256, f"only the first read faults its 2 MiB in: {runs}"
