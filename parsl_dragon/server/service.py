@@ -372,6 +372,8 @@ class Server:
         for task_id in routed.finished:
             self.rank_launches.cancel_task(task_id)  # ranks do not outlive their task
             assignments += self.scheduler.finished(task_id)
+        for task_id in self.tasks.held_by(worker_id, message.released):  # being kept: the slot is free now
+            assignments += self.scheduler.finished(task_id)
         if routed.unroutable:
             logger.warning("Dropped %d result(s) for unknown or finished tasks or departed clients: %s",
                            len(routed.unroutable), routed.unroutable[:10])
@@ -406,7 +408,7 @@ class Server:
         lost, assignments = self.scheduler.worker_lost(worker_id)
         if lost is not None:
             self.rank_launches.cancel_task(lost)
-        for identity, ids in self.tasks.take_by_client([lost] if lost is not None else []).items():
+        for identity, ids in self.tasks.take_by_client(self.tasks.sent_to(worker_id)).items():  # + released ones
             self._fail_client_tasks(identity, ids, WORKER_LOST, f"worker on host {host} was lost: {why}")
         self._dispatch(assignments)
 

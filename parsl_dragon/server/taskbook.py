@@ -78,6 +78,11 @@ class TaskBook:
         """Server ids of the tasks out at ``worker_id``, in order."""
         return sorted(task_id for task_id, t in self._tasks.items() if t.worker == worker_id)
 
+    def held_by(self, worker_id: str, task_ids: Iterable[int]) -> List[int]:
+        """Those of ``task_ids`` out at ``worker_id`` (a worker speaks only for its own tasks)."""
+        return [task_id for task_id in task_ids
+                if type(task_id) is int and task_id in self._tasks and self._tasks[task_id].worker == worker_id]
+
     def discard(self, task_ids: Iterable[int]) -> None:
         for task_id in task_ids:
             self._tasks.pop(task_id, None)

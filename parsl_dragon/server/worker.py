@@ -11,7 +11,9 @@ with its link address and CURVE keys in the environment. Loop::
                          (``keep_result``, or as large as ``StoreReady.keep_over``) goes on this
                          node's shelf and only where it is travels (status KEPT); a full shelf,
                          or smaller than ``keep_over``: it travels, in that form
-    flush TaskResults -> when the local queue is empty, 64 results or 64 MiB wait, or 20 ms passed
+    flush TaskResults -> when the local queue is empty, 64 results or 64 MiB wait, or 20 ms passed;
+                         and before a result is kept, naming it ``released``: the server sends
+                         the next task while the result is stored
 
 When the link drops and comes back (the worker's socket monitor sees it), the worker
 sends ``WorkerResync``; the server answers with the tasks it thinks this worker has
@@ -32,7 +34,7 @@ import signal
 import sys
 import time
 from collections import deque
-from typing import Any, Deque, Iterable, List, Mapping, Optional, Set, Tuple, Union
+from typing import Any, Deque, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -250,8 +252,11 @@ class Worker:
         result = p.TaskResult(task_id=entry.task_id, status=status, host=self.host,
                               error_type=SERIALIZATION_ERROR if error else "", error=error)
         outcome = encoded
-        if isinstance(encoded, codec.Encoded):
-            outcome = self._keep(result, encoded, kind) if self._keeps(entry.spec, encoded.nbytes) else encoded.joined()
+        if isinstance(encoded, codec.Encoded) and self._keeps(entry.spec, encoded.nbytes):
+            self._release(entry)
+            outcome = self._keep(result, encoded, kind)
+        elif isinstance(encoded, codec.Encoded):
+            outcome = encoded.joined()
         elif status == p.OK and entry.spec.keep_result and self.shelf is None:
             result.unkept = "the block's kept-results store is not available"
         too_large = frames.payload_error(f"the result of task {entry.task_id}", len(outcome), self.max_payload)
@@ -268,6 +273,13 @@ class Worker:
         if spec.keep_result is not None:
             return spec.keep_result
         return 0 <= self.keep_over <= (self.keep_over if nbytes is None else nbytes)
+
+    def _release(self, entry: p.TaskEntry) -> None:
+        """Tell the server this task's slot is free while its result is stored, so the next task is
+        on its way meanwhile (results so far go along). Only a serial task without GPUs, in a worker
+        that stays: its function has returned, nothing of it runs any more."""
+        if not (entry.spec.is_mpi or entry.spec.gpus_per_rank or self.retiring):
+            self._flush(released=[entry.task_id])
 
     def _keep(self, result: p.TaskResult, encoded: codec.Encoded, kind: str) -> bytes:
         """Put the result on this node's shelf; what is left to send (nothing, or the result itself
@@ -308,9 +320,10 @@ class Worker:
                 if served:
                     self.ranks.end(task)
 
-    def _flush(self) -> None:
-        if self.results:
-            self._send(p.TaskResults(results=self.results, payloads=self.payloads, retiring=self.retiring))
+    def _flush(self, released: Sequence[int] = ()) -> None:
+        if self.results or released:
+            self._send(p.TaskResults(results=self.results, payloads=self.payloads, retiring=self.retiring,
+                                     released=list(released)))
             if self.answered_since_resync is not None:
                 self.answered_since_resync.update(r.task_id for r in self.results)
             self.results, self.payloads, self.batch_bytes = [], [], 0

@@ -178,12 +178,14 @@ class TaskResult:
 @dataclass
 class TaskResults(Message):
     """A batch of outcomes; ``payloads[i]`` belongs to ``results[i]`` (empty for FAILED).
-    ``retiring``: the worker exits after this batch and takes no new task (task/devices.py)."""
+    ``retiring``: the worker exits after this batch and takes no new task (task/devices.py);
+    ``released``: tasks whose results come later (being kept), whose slots are free now."""
 
     has_payloads: ClassVar[bool] = True
     results: List[TaskResult]
     payloads: List[bytes] = field(default_factory=list, repr=False)
     retiring: bool = False
+    released: List[int] = field(default_factory=list)
 
 
 @dataclass

@@ -400,3 +400,33 @@ def test_a_client_announcing_a_large_message_is_not_dropped_while_it_arrives(ser
     later = time.monotonic() + LEASE + 5
     assert server.clients.silent(later, LEASE) == [], "a 1 GiB message may take 100 s at 10 MiB/s"
     assert server.clients.silent(time.monotonic() + 200, LEASE) != [], "but not forever"
+
+
+def _release(srv, server_task_id, worker_id="n1:1"):
+    srv._on_backend(worker_id.encode(), p.encode(p.TaskResults(results=[], released=[server_task_id])))
+
+
+def test_a_released_slot_takes_the_next_task_and_the_result_still_reaches_its_client(server):
+    hello(server)
+    worker(server)  # one worker: the second task waits for it
+    submit(server, 10, 11)
+    assert [e.task_id for e in _entries(server)] == [1]
+    _release(server, 1, worker_id="n1:2")  # not that worker's task: no effect
+    assert [e.task_id for e in _entries(server)] == [1]
+    _release(server, 1)
+    assert [e.task_id for e in _entries(server)] == [1, 2], "the next task goes out while the result is kept"
+    assert not server.clients.links.sock.to(b"c1", p.TaskResults)
+    result(server, 1)
+    result(server, 2)
+    delivered = [r.task_id for batch in server.clients.links.sock.to(b"c1", p.TaskResults) for r in batch.results]
+    assert delivered == [10, 11] and not server.tasks
+
+
+def test_a_worker_lost_after_releasing_fails_both_its_tasks(server):
+    hello(server)
+    worker(server)
+    submit(server, 10, 11)
+    _release(server, 1)
+    server._on_worker_lost("n1:1", "it died")
+    assert sorted(r.task_id for r in _failed(server)) == [10, 11]
+    assert all(r.error_type == WORKER_LOST for r in _failed(server)) and not server.tasks

@@ -171,10 +171,14 @@ def test_a_gpu_task_that_leaves_a_gpu_runtime_in_the_worker_makes_it_retire(monk
 class PartsShelf:
     """A stand-in for server/shelf.Shelf as a worker uses it: records the parts put; full on demand."""
 
-    def __init__(self, full=False):
+    def __init__(self, full=False, sent=None):
         self.parts, self.full = {}, full
+        self.sent_before_put = {} if sent is None else sent  # what the worker had sent when each put began
+        self.socket = None
 
     def put(self, key, parts):
+        if self.socket is not None:
+            self.sent_before_put[key] = list(self.socket.messages)
         if self.full:
             from parsl_dragon.server.shelf import ShelfFull  # noqa: F401 (named for the reader: the real one)
             raise RuntimeError("the node's store has no room")
@@ -245,3 +249,24 @@ def test_an_exception_is_never_kept():
     result, payload = _run(w, _fail, (), {"keep_result": True})
     assert result.status == p.EXCEPTION and not w.shelf.parts
     assert deserialize(payload).e_type is ValueError
+
+
+def test_a_kept_result_releases_its_slot_before_it_is_stored_and_its_result_follows():
+    w = worker()
+    w.shelf = PartsShelf()
+    w.shelf.socket = w.socket
+    result, _ = _run(w, _array, (200_000,), {"keep_result": True})
+    [release] = w.shelf.sent_before_put[f"t{result.task_id}"]
+    assert isinstance(release, p.TaskResults) and release.released == [result.task_id] and not release.results
+    w._flush()
+    assert [m.results[0].task_id for m in w.socket.messages[1:]] == [result.task_id]
+    assert w.socket.messages[1].released == []
+
+
+def test_a_retiring_worker_and_a_result_that_travels_release_nothing():
+    w = worker()
+    w.shelf, w.keep_over = PartsShelf(), 1 << 20
+    _run(w, _array, (1000,), {})  # under the threshold: travels, nothing to wait for
+    w.retiring = True
+    _run(w, _array, (1000,), {"keep_result": True})
+    assert not w.socket.messages, "a retiring worker takes no next task"
