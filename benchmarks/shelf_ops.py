@@ -67,7 +67,7 @@ def client(descriptor: str, pools: List[str], count: int, results: Any) -> None:
     arrays = [numpy.full((1 << 20) // 8, float(i)) for i in range(count)]
     figures = {
         "free-space query": median_ms(lambda i: handle.dstats, count),
-        "free blocks from the pool": median_ms(lambda i: shelf._room(manager, handle), count),
+        "free blocks from the pool": median_ms(lambda i: shelf._pool_figures(manager, handle), count),
         "put 1 KB": median_ms(lambda i: handle.__setitem__(f"s{i}", small), count),
         "put 1 MB": median_ms(lambda i: handle.__setitem__(f"l{i}", large), count),
         "Shelf.put 1 MB": median_ms(lambda i: shelf.put(f"w{i}", large), count),

@@ -84,14 +84,14 @@ def test_a_value_of_another_size_than_was_kept_is_refused_unread():
         k.forget_reader("s-short", "test over")
 
 
-def test_the_store_puts_only_what_a_free_block_can_take():
-    from parsl_dragon.server.shelf import FULL_SHARE, block_size, pool_room
+def test_the_store_puts_only_what_its_free_blocks_can_take():
+    from parsl_dragon.server.shelf import block_size, buddy_fits
     assert block_size(3 << 20) == 4 << 20 and block_size(4 << 20) == 8 << 20 and block_size(1) == 4096
-    assert pool_room(16 << 20, 16 << 20, {16 << 20: 1}) == (int((16 << 20) * FULL_SHARE),) * 2
-    largest, headroom = pool_room(16 << 20, 8 << 20, {4 << 20: 2, 8 << 20: 0})
-    assert largest == 4 << 20, "the largest free block, not the free total"
-    assert headroom == int((16 << 20) * FULL_SHARE) - (8 << 20)
-    assert pool_room(16 << 20, 0, {}) == (0, 0)
+    assert buddy_fits([4 << 20, 4096], {16 << 20: 1}), "one block split for both"
+    assert not buddy_fits([8 << 20, 8 << 20], {8 << 20: 1, 4 << 20: 2}), "the free total is not the point"
+    assert buddy_fits([8 << 20, 4 << 20, 4 << 20], {8 << 20: 1, 4 << 20: 2})
+    assert buddy_fits([4096] * 4, {16384: 1}) and not buddy_fits([4096] * 5, {16384: 1})
+    assert buddy_fits([], {}) and not buddy_fits([4096], {})
 
 
 class StandInPool:
@@ -141,6 +141,8 @@ def test_a_put_reads_free_memory_from_the_pool_and_writes_the_parts(monkeypatch)
     assert attached == [b"pool-0"], "attached once, by the descriptor the server sent"
     with pytest.raises(ShelfFull, match="largest free block: 8388608"):
         store.put("t2", [b"head", b"x" * (8 << 20)])  # an 8 MiB part takes a 16 MiB block
+    with pytest.raises(ShelfFull, match="2 part"):
+        store.put("t3", [b"x" * (5 << 20)] * 2)  # two 8 MiB blocks: more than is free below the full mark
     assert "t2" not in handle
     store.close()
     assert pool.detached
