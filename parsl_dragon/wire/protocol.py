@@ -10,8 +10,8 @@ size; the header then says how many frames each payload took (``"chunks": [1, 3,
 the receiver joins them. No payload is too large for the links: what bounds one is memory
 (``max_payload_bytes``, checked by the sender that makes it: ``wire/frames.py``).
 
-Only payload frames may hold pickled data, and they are only unpickled by Parsl's
-own serializer on the side that owns the task; control fields are JSON and are
+Only payload frames may hold pickled data, and they are only unpickled by Parsl's serializer
+(or its plugin ``task/codec.py``) on the side that owns the task; control fields are JSON and are
 never unpickled. Messages with payloads (``SubmitTasks``, ``TaskResults``,
 ``Monitoring``) keep one payload per entry, in entry order.
 

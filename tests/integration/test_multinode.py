@@ -52,6 +52,22 @@ def drive(run_dir: str, report: str) -> None:
     def host_to(path):
         return f"hostname > {path}"
 
+    @python_app
+    def produce(i, parsl_resource_specification={}):
+        import socket
+        import time
+
+        import numpy
+        time.sleep(1.0)  # long enough that both nodes' workers take producers
+        return {"host": socket.gethostname(), "array": numpy.full(1 << 17, float(i))}  # a 1 MB array
+
+    @python_app
+    def consume(inputs=()):
+        import socket
+        return {"host": socket.gethostname(), "sum": float(sum(float(p["array"].sum()) for p in inputs)),
+                "producers": sorted({p["host"] for p in inputs}),
+                "writable": all(p["array"].flags.writeable for p in inputs)}
+
     @bash_app
     def rank_hosts(parsl_resource_specification={}, stdout=None):
         return "$PARSL_MPI_PREFIX hostname"
@@ -70,15 +86,22 @@ def drive(run_dir: str, report: str) -> None:
     # ranks: the rank start-up guard gets 10 minutes here (default 60 s + 10 ms per rank).
     executor = DragonExecutor(provider=provider, workers_per_node=1, heartbeat_period=5.0, heartbeat_threshold=24,
                               startup_timeout_ms=900_000, timeout_ms=120_000, rank_startup_timeout_ms=600_000,
-                              available_accelerators=["0.0", "0.1"])  # two tiles per node (no GPU here)
+                              available_accelerators=["0.0", "0.1"],  # two tiles per node (no GPU here)
+                              kept_results_memory=256 << 20)
     dfk = parsl.load(Config(executors=[executor], run_dir=run_dir, strategy_period=0.5))
     result = {"hosts": [], "bash_host": None, "rank_hosts": None, "mpiexec_hosts": None, "job_id": None,
-              "startup_s": None, "ranks_s": None, "gpu_ranks": {}, "error": None}
+              "startup_s": None, "ranks_s": None, "gpu_ranks": {}, "kept": None, "error": None}
     started = time.monotonic()
     try:
         result["hosts"].append(host(0).result(timeout=DRIVER_TIMEOUT))
         result["startup_s"] = round(time.monotonic() - started, 1)
         result["hosts"] += [f.result(timeout=300) for f in [host(2.0) for _ in range(8)]]
+        # kept results on both nodes' DDict managers, read by one consumer (one node's locally, the
+        # other's through Dragon's transport) and one of them in the driver (over the server's link)
+        parts = [produce(i, parsl_resource_specification={"keep_result": True}) for i in range(6)]
+        consumed = consume(inputs=parts).result(timeout=300)
+        result["kept"] = {**consumed, "expected": float(sum(i * (1 << 17) for i in range(6))),
+                          "in_driver": float(parts[5].result()["array"].sum())}
         path = os.path.join(run_dir, "bash_host.txt")
         host_to(path).result(timeout=300)
         with open(path) as handle:
@@ -186,6 +209,10 @@ def test_two_node_block_runs_tasks_on_both_nodes(mn_cluster, no_leaks, tmp_path)
     assert host in NODES and address == f"10.77.0.1{host[len('node'):]}", line
     assert set(result["hosts"]) == set(NODES), f"tasks ran on {result['hosts']}"
     assert result["bash_host"] in NODES
+    kept = result["kept"]
+    assert kept["sum"] == kept["expected"] and kept["writable"], f"kept results read back whole: {kept}"
+    assert kept["producers"] == NODES, f"producers kept results on both nodes: {kept}"
+    assert kept["in_driver"] == 5.0 * (1 << 17), kept
     assert sorted(line.split("] ")[1] for line in result["rank_hosts"]) == NODES, \
         f"a num_nodes=2 task puts one rank on each node: {result['rank_hosts']}"
     assert [line.split("] ")[1] for line in result["mpiexec_hosts"]] == NODES, \
