@@ -122,7 +122,9 @@ class TaskScheduler:
         return self._assign(self.table.submit(request))
 
     def finished(self, task_id: int) -> List[Assignment]:
-        """A task ended (any outcome): its worker is idle again (unless it retires) and its slots are free."""
+        """A task ended (any outcome), or its worker released its slot to store its result: its
+        worker is idle again (unless it retires) and its slots are free. Again for the same task
+        (its result after the release): nothing more to free."""
         worker_id = self._task_worker.pop(task_id, None)
         self._placed.discard(task_id)
         if worker_id is not None:

@@ -272,7 +272,7 @@ class Worker:
         (``nbytes`` None: whether it may, before its size is known)."""
         if spec.keep_result is not None:
             return spec.keep_result
-        return 0 <= self.keep_over <= (self.keep_over if nbytes is None else nbytes)
+        return self.keep_over >= 0 and (nbytes is None or nbytes >= self.keep_over)
 
     def _release(self, entry: p.TaskEntry) -> None:
         """Tell the server this task's slot is free while its result is stored, so the next task is

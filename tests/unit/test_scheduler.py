@@ -37,6 +37,15 @@ def test_serial_tasks_fill_idle_workers_then_queue():
     assert next_ == Assignment(got[0].worker_id, 3), "the freed worker takes the queued task"
 
 
+def test_a_slot_released_early_frees_nothing_more_when_its_result_comes():
+    s = scheduler(workers=1)
+    [first] = s.submit(1, SERIAL) + s.submit(2, SERIAL) + s.submit(3, SERIAL)
+    [second] = s.finished(1)  # the worker released its slot: it takes task 2 while task 1's result is stored
+    assert second == Assignment(first.worker_id, 2)
+    assert s.finished(1) == [] and (s.running, s.queued) == (1, 1), "task 1's result: task 2 still runs"
+    assert s.finished(2) == [Assignment(first.worker_id, 3)]
+
+
 def test_mpi_task_gets_placement_and_reserves_cores():
     s = scheduler(nodes=(("n1", 4),), workers=3)
     [mpi] = s.submit(1, MPI2)
